@@ -293,6 +293,44 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_eval_text)
 
 
+def resolve_model_config(preset: str, overrides: list[str]):
+    """A preset name or a checkpoint directory (its config.json), then dotted overrides."""
+    from ray_emer import storage
+    from ray_emer.model.config import PRESETS, AffectGPTConfig, get_preset
+
+    if preset in PRESETS:
+        base = to_dict(get_preset(preset))
+    elif storage.exists(storage.join(preset, "config.json")):
+        base = to_dict(AffectGPTConfig.from_json(storage.read_text(storage.join(preset, "config.json"))))
+    else:
+        raise ConfigError(f"{preset!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a checkpoint directory")
+    return load_config(AffectGPTConfig, None, overrides, base=base)
+
+
+def cmd_model_inspect(args: argparse.Namespace) -> int:
+    from ray_emer.model.inspect import format_table, inspect_model
+
+    cfg = resolve_model_config(args.preset, args.overrides)
+    report = inspect_model(cfg, encoders=not args.no_encoders)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def add_model(sub) -> None:
+    mp = sub.add_parser("model", help="AffectGPT model tools", description="Inspect AffectGPT presets and checkpoints.")
+    ms = mp.add_subparsers(dest="model_command", required=True)
+    p = ms.add_parser("inspect", help="per-component parameter table, built on the meta device (no download)",
+                      description="Builds PRESET (or a checkpoint's config.json) on the meta device and prints "
+                                  "total and trainable parameters per component. --json prints one object with "
+                                  "total_params, trainable_params and components.")
+    p.add_argument("preset", help="tiny | affectgpt-qwen2.5-7b | a checkpoint directory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-encoders", action="store_true", help="leave the frozen CLIP/HuBERT towers out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set trainable.llm=frozen or --set lora.r=8")
+    p.set_defaults(func=cmd_model_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-emer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     add_evaluate(sub)
+    add_model(sub)
     return parser
 
 

@@ -1,0 +1,126 @@
+"""Checkpoint directories: save and load an ``AffectGPT`` without Ray, in safe formats only.
+
+Layout (ARCHITECTURE.md "Checkpoint dir")::
+
+    config.json                  AffectGPTConfig (architecture, encoder and LLM names, dims, prompts)
+    head.safetensors             pooling, pre-fusion and projector weights
+    adapter/                     LoRA adapter in the PEFT layout (adapter_config.json + safetensors)
+    llm/                         full LLM weights, only when they cannot be named: a randomly
+                                 initialised base, a fully trained LLM, or a LoRA-merged export
+    tokenizer/                   tokenizer files, placeholder tokens included
+
+A pretrained base named in ``config.json`` is not copied: it is loaded by name or path.
+Loading refuses directories holding pickle-based weight files (``.bin``, ``.pt``, ...).
+``uri`` may be a local path or ``s3://``: remote directories go through a local temp copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ray_emer import storage
+from ray_emer.model.affectgpt import AffectGPT, build_llm
+from ray_emer.model.config import AffectGPTConfig, TrainableConfig
+from ray_emer.model.head import MultimodalHead
+from ray_emer.model.tokenizer import build_tokenizer
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a part or holds an unsafe file."""
+
+
+def _plain_llm(model: AffectGPT, merge_lora: bool):
+    """The LLM as a plain transformers model (LoRA merged or removed), leaving ``model`` untouched."""
+    llm = copy.deepcopy(model.llm)
+    if model.has_lora:
+        llm = llm.merge_and_unload() if merge_lora else llm.unload()
+    return llm
+
+
+def _save_local(model: AffectGPT, path: Path, merge_lora: bool) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(model.cfg.to_json())
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()},
+              str(path / "head.safetensors"))
+    model.tokenizer.save_pretrained(str(path / "tokenizer"))
+    full = model.cfg.trainable.llm == "full" or model.cfg.init == "random"
+    if model.has_lora and not merge_lora:
+        model.llm.save_pretrained(str(path / "adapter"))
+    if full or (merge_lora and model.has_lora):
+        _plain_llm(model, merge_lora=merge_lora).save_pretrained(str(path / "llm"))
+
+
+def save_checkpoint(model: AffectGPT, uri: str, merge_lora: bool = False) -> str:
+    """Write the checkpoint directory to ``uri``; ``merge_lora`` exports one plain LLM for an engine."""
+    if not storage.is_remote(uri):
+        _save_local(model, Path(uri), merge_lora)
+        return uri
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_local(model, Path(tmp), merge_lora)
+        for file in sorted(Path(tmp).rglob("*")):
+            if file.is_file():
+                storage.write_bytes(storage.join(uri, file.relative_to(tmp).as_posix()), file.read_bytes())
+    return uri
+
+
+@contextlib.contextmanager
+def _local_dir(uri: str):
+    if not storage.is_remote(uri):
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = uri.rstrip("/") + "/"
+        for remote in storage.list_files(uri):
+            rel = remote[len(prefix):] if remote.startswith(prefix) else storage.basename(remote)
+            dest = Path(tmp) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(storage.read_bytes(remote))
+        yield Path(tmp)
+
+
+def _check_safe(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json, not an AffectGPT checkpoint directory")
+    unsafe = [str(p.relative_to(path)) for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    if unsafe:
+        raise CheckpointError(f"{path}: refusing pickle-based files {unsafe}; only safetensors/JSON are loaded")
+
+
+def load_checkpoint(uri: str, dtype: torch.dtype = torch.float32, trainable: TrainableConfig | None = None,
+                    device: str | torch.device = "cpu") -> AffectGPT:
+    """Rebuild the model a checkpoint describes; ``trainable`` overrides the saved setting (stage 2)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    with _local_dir(uri) as path:
+        _check_safe(path)
+        cfg = AffectGPTConfig.from_json((path / "config.json").read_text())
+        tokenizer = build_tokenizer(cfg, path=str(path / "tokenizer"))
+        if (path / "llm").is_dir():
+            llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=dtype, use_safetensors=True)
+        else:
+            llm = build_llm(cfg, len(tokenizer), dtype)
+        if (path / "adapter").is_dir():
+            llm = PeftModel.from_pretrained(llm, str(path / "adapter"), is_trainable=True)
+        head = MultimodalHead(cfg)
+        head.load_state_dict(load_file(str(path / "head.safetensors")))
+        model = AffectGPT(cfg, llm, tokenizer, head.to(dtype))
+    model.set_trainable(trainable or cfg.trainable)
+    return model.to(device)
+
+
+def checkpoint_files(uri: str) -> list[str]:
+    """Relative paths of the files in a checkpoint directory (for reports and tests)."""
+    with _local_dir(uri) as path:
+        return sorted(os.path.relpath(p, path) for p in path.rglob("*") if p.is_file())

@@ -293,26 +293,36 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_eval_text)
 
 
-def resolve_model_config(preset: str, overrides: list[str]):
-    """A preset name or a checkpoint directory (its config.json), then dotted overrides."""
-    from ray_emer import storage
-    from ray_emer.model.config import PRESETS, AffectGPTConfig, get_preset
-
-    if preset in PRESETS:
-        base = to_dict(get_preset(preset))
-    elif storage.exists(storage.join(preset, "config.json")):
-        base = to_dict(AffectGPTConfig.from_json(storage.read_text(storage.join(preset, "config.json"))))
-    else:
-        raise ConfigError(f"{preset!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a checkpoint directory")
-    return load_config(AffectGPTConfig, None, overrides, base=base)
-
-
 def cmd_model_inspect(args: argparse.Namespace) -> int:
+    from ray_emer.model.config import resolve_model_config
     from ray_emer.model.inspect import format_table, inspect_model
 
     cfg = resolve_model_config(args.preset, args.overrides)
     report = inspect_model(cfg, encoders=not args.no_encoders)
     print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ray_emer.data.features import ExtractConfig
+
+    overrides = [f"{k}={v}" for k, v in (("input", args.input), ("output", args.output), ("preset", args.preset))
+                 if v is not None]
+    if args.face_crop:
+        overrides.append("media.face_crop=true")
+    cfg = load_config(ExtractConfig, args.config, overrides + args.overrides)
+    if not cfg.input or not cfg.output:
+        raise ConfigError("extract needs --input and --output (or input/output in the config)")
+    from ray_emer.data.manifest import ManifestError
+    from ray_emer.data.pipeline import run_extract
+    from ray_emer.storage import StorageError
+
+    try:
+        summary = run_extract(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ManifestError, StorageError) as exc:
+        print(f"ray-emer extract: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
     return 0
 
 
@@ -374,6 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder or s3:// prefix (default /tmp/ray_emer_quickstart)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("extract", help="archive -> frozen-encoder features (Parquet), with Ray Data",
+                       description="Decode every clip of INPUT (folder, s3:// prefix or manifest) and encode it with "
+                                   "the preset's frozen encoders; writes OUTPUT/part-*.parquet (one row per clip: "
+                                   "clip_id, status, error, video_feats, audio_feats, ...). Bad clips become error "
+                                   "rows; a rerun skips clip ids already written. Joins a running Ray cluster "
+                                   "(RAY_ADDRESS, ray job submit) or starts a local one.")
+    p.add_argument("--input", help="folder, s3:// prefix, or .csv/.tsv/.parquet manifest")
+    p.add_argument("--output", help="directory or s3:// prefix for the Parquet shards")
+    p.add_argument("--preset", help="model preset whose encoders run: tiny | affectgpt-qwen2.5-7b (default tiny)")
+    p.add_argument("--face-crop", action="store_true", help="Haar face crops instead of whole frames")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_extract)
 
     add_evaluate(sub)
     add_model(sub)

@@ -68,3 +68,48 @@ def conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...]) -> pa
         if out.column(name).null_count:
             raise SchemaError(f"column {name} has {out.column(name).null_count} empty value(s)")
     return out
+
+
+# ---------------------------------------------------------------- feature rows
+FEATURE_REQUIRED = ("clip_id", "status")
+FEATURE_STATUS = ("ok", "error")
+FEATURE_COLUMNS = (
+    # name, type; video_feats/audio_feats are added per shape by feature_schema()
+    ("has_video", pa.bool_()),
+    ("has_audio", pa.bool_()),
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),  # "" when ok, else "<reason>: <detail>"
+    ("face_frames", pa.int32()),  # frames with a face crop; -1 when face crops are off
+    ("video_backend", pa.string()),
+    ("duration_s", pa.float32()),
+    ("decode_s", pa.float32()),
+    ("encode_s", pa.float32()),
+    ("encoder", pa.string()),  # the model preset / config whose frozen encoders made the features
+)
+
+
+def tensor_type(shape: tuple[int, ...]) -> pa.DataType:
+    """Arrow's canonical fixed-shape tensor of float16 (readable by plain pyarrow, no Ray needed)."""
+    return pa.fixed_shape_tensor(pa.float16(), list(shape))
+
+
+def feature_schema(video_shape: tuple[int, int], audio_shape: tuple[int, int]) -> pa.Schema:
+    """Feature row = manifest columns + ``video_feats [T, Dv]``, ``audio_feats [W, Da]`` + status columns.
+
+    Error rows carry zero-filled feature tensors (Parquet cannot hold null fixed-shape
+    tensors), ``has_video = has_audio = False`` and the reason in ``error``: filter on
+    ``status == "ok"``.
+    """
+    fields = list(MANIFEST_SCHEMA)
+    fields.append(pa.field("video_feats", tensor_type(video_shape)))
+    fields.append(pa.field("audio_feats", tensor_type(audio_shape)))
+    fields += [pa.field(n, t) for n, t in FEATURE_COLUMNS]
+    return pa.schema(fields)
+
+
+def tensor_array(values, shape: tuple[int, ...]) -> pa.ExtensionArray:
+    """``[N, *shape]`` numpy -> fixed-shape float16 tensor array."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(np.asarray(values, dtype=np.float16).reshape(-1, *shape))
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)

@@ -170,3 +170,17 @@ def synth_archive(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("synth")
     write_archive(str(d), SynthConfig(clips=12, seed=0))
     return d
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One local Ray for the whole session (init costs seconds). Started after the S3
+    endpoint so that Ray's workers inherit AWS_ENDPOINT_URL. num_cpus=4 on a 2-core box:
+    fractional actors plus tasks must never hold every CPU (Ray would wait forever)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    yield ray
+    ray.shutdown()

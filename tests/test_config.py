@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from ray_emer.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from ray_emer.data.features import ExtractConfig
 from ray_emer.quickstart import QuickstartConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_from_dict_bool_is_not_int():
         from_dict(Outer, {"steps": True})
 
 
-CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig}
+CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig, "extract_features.yaml": ExtractConfig}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)

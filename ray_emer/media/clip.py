@@ -9,7 +9,8 @@ import numpy as np
 from ray_emer.media.audio import SAMPLE_RATE, audio_windows, load_audio
 from ray_emer.media.errors import MediaError
 from ray_emer.media.probe import Probe, probe
-from ray_emer.media.video import decode_video_frames
+from ray_emer.media.faces import face_frames
+from ray_emer.media.video import decode_video_frames, sample_raw_frames
 
 
 @dataclasses.dataclass
@@ -21,6 +22,7 @@ class MediaConfig:
     max_duration_s: float = 600.0
     video_backend: str = "auto"  # auto | decord | pyav
     allow_audio_only: bool = True  # a file with audio and no video decodes with has_video=False
+    face_crop: bool = False  # largest Haar face per frame instead of the whole frame (fallback: whole frame)
 
 
 @dataclasses.dataclass
@@ -31,6 +33,7 @@ class DecodedClip:
     has_audio: bool
     probe: Probe
     video_backend: str
+    face_frames: int = -1  # frames where a face was found and cropped; -1 when face_crop is off
 
     def summary(self) -> dict:
         return {
@@ -44,6 +47,7 @@ class DecodedClip:
             "height": self.probe.height,
             "codec": self.probe.codec,
             "video_backend": self.video_backend,
+            "face_frames": self.face_frames,
         }
 
 
@@ -66,8 +70,11 @@ def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> D
         raise MediaError(
             video_path, "too_long", f"{info.duration_s:.1f} s is over the limit of {cfg.max_duration_s:.1f} s"
         )
-    size = cfg.frame_size
-    if info.has_video:
+    size, faces = cfg.frame_size, -1
+    if info.has_video and cfg.face_crop:
+        raw, backend, _ = sample_raw_frames(video_path, cfg.num_frames, cfg.video_backend)
+        frames, faces = face_frames(raw, size)
+    elif info.has_video:
         frames, backend, _ = decode_video_frames(video_path, cfg.num_frames, size, cfg.video_backend)
     elif cfg.allow_audio_only and info.has_audio:
         frames, backend = np.zeros((cfg.num_frames, size, size, 3), np.uint8), "none"
@@ -79,4 +86,4 @@ def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> D
         windows = audio_windows(wave, cfg.num_audio_windows, cfg.audio_window_s)
     else:
         windows, has_audio = np.zeros((cfg.num_audio_windows, win), np.float32), False
-    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend)
+    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces)

@@ -111,6 +111,24 @@ def _pyav_count_decoded(path: str) -> int:
     return count
 
 
+def sample_raw_frames(path: str, num_frames: int = 8, backend: str = "auto") -> tuple[list[np.ndarray], str, int]:
+    """Sample ``num_frames`` frames at their own resolution -> (frames, backend, frames in clip).
+
+    Only for callers that crop before resizing (face crops); everything else uses
+    :func:`decode_video_frames`, which resizes at once.
+    """
+    check_file(path)
+    if backend in ("auto", "decord"):
+        try:
+            raw, total = _decord_frames(path, num_frames)
+            return list(raw), "decord", total
+        except Exception as exc:  # decord raises bare RuntimeError/DECORDError on bad input
+            if backend == "decord":
+                raise MediaError(path, "decode_failed", f"decord: {exc}") from exc
+    raw, total = _pyav_frames(path, num_frames)
+    return list(raw), "pyav", total
+
+
 def decode_video_frames(
     path: str, num_frames: int = 8, size: int = 224, backend: str = "auto"
 ) -> tuple[np.ndarray, str, int]:
@@ -118,17 +136,6 @@ def decode_video_frames(
 
     ``backend``: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``.
     """
-    check_file(path)
-    raw, used, total = None, "", 0
-    if backend in ("auto", "decord"):
-        try:
-            raw, total = _decord_frames(path, num_frames)
-            used = "decord"
-        except Exception as exc:  # decord raises bare RuntimeError/DECORDError on bad input
-            if backend == "decord":
-                raise MediaError(path, "decode_failed", f"decord: {exc}") from exc
-    if raw is None:
-        raw, total = _pyav_frames(path, num_frames)
-        used = "pyav"
+    raw, used, total = sample_raw_frames(path, num_frames, backend)
     frames = np.stack([resize_square(f, size) for f in raw]).astype(np.uint8)
     return frames, used, total

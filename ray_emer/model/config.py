@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any, Literal
 
-from ray_emer.config import ConfigError, from_dict, to_dict
+from ray_emer.config import ConfigError, from_dict, load_config, to_dict
 
 Setting = Literal["frozen", "full", "lora"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -117,7 +117,10 @@ def _tiny() -> AffectGPTConfig:
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                image_size=32, patch_size=8, projection_dim=48),
             audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                              conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+                              # 3 conv layers (strides 20*4*4 = 320 samples per frame, as HuBERT's 7):
+                              # the CPU cost of the tiny audio tower stays well under the decode cost
+                              conv_dim=[8] * 3, conv_kernel=[20, 4, 4], conv_stride=[20, 4, 4],
+                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
         ),
         video_dim=48, audio_dim=32, fusion_dim=48, image_branch=False,
         llm_name="", tokenizer="tiny",
@@ -145,3 +148,21 @@ def get_preset(name: str) -> AffectGPTConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()
+
+
+def resolve_model_config(preset: str, overrides: list[str] | None = None) -> AffectGPTConfig:
+    """A preset name or a checkpoint directory (its ``config.json``), then dotted overrides."""
+    from ray_emer import storage
+
+    if preset in PRESETS:
+        base = to_dict(get_preset(preset))
+    elif storage.exists(storage.join(preset, "config.json")):
+        base = to_dict(AffectGPTConfig.from_json(storage.read_text(storage.join(preset, "config.json"))))
+    else:
+        raise ConfigError(f"{preset!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a checkpoint directory")
+    return load_config(AffectGPTConfig, None, overrides or [], base=base)
+
+
+def encoder_image_size(cfg: AffectGPTConfig) -> int:
+    """The frame size the vision tower consumes (decode straight to it: no larger frames travel)."""
+    return int(cfg.encoders.vision_config.get("image_size", 224))

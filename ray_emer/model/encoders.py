@@ -88,7 +88,8 @@ class Encoders(nn.Module):
         b, w = x.shape[:2]
         x = x.reshape(b * w, -1)
         if self.cfg.encoders.normalize_audio:
-            x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-7)
+            var, mean = torch.var_mean(x, -1, keepdim=True, correction=0)
+            x = (x - mean) / torch.sqrt(var + 1e-7)
         out = self.audio(input_values=x.to(p.dtype), output_hidden_states=True)
         k = self.cfg.encoders.audio_layers
         layers = torch.stack(out.hidden_states[-k:], 0).mean(0)  # [B*W, frames, Da]

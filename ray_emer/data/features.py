@@ -1,0 +1,239 @@
+"""Feature extraction without Ray: decode one clip, encode a batch, write and read Parquet shards.
+
+The Ray Data pipeline (``data/pipeline.py``) and the sequential baseline both call these
+functions, so the work per clip is the same and only the scheduling differs.
+
+- ``decode_row``: a manifest record -> decoded arrays + status (never raises: a bad clip
+  is an error row with ``"<reason>: <detail>"``)
+- ``FeatureEncoder``: decoded rows -> one feature table (frozen encoders, float16)
+- ``write_shard`` / ``done_clip_ids`` / ``read_features``: the output directory contract:
+  ``part-*.parquet`` files (one per encoded batch, each written atomically), readable
+  with ``pyarrow.dataset``; a rerun skips clip ids already written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ray_emer import storage
+from ray_emer.media import MediaConfig, MediaError, decode_clip
+from ray_emer.schema import FEATURE_REQUIRED, MANIFEST_SCHEMA, conform, feature_schema, tensor_array
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    input: str = ""  # folder, s3:// prefix, or manifest (.csv/.tsv/.parquet)
+    output: str = ""  # directory / prefix receiving part-*.parquet
+    preset: str = "tiny"  # model preset (or checkpoint dir) whose frozen encoders run
+    media: MediaConfig = dataclasses.field(default_factory=lambda: MediaConfig(frame_size=0))
+    decode_batch_size: int = 4  # clips per decode task call
+    encode_batch_size: int = 16  # clips per encoder call = rows per Parquet shard
+    decode_cpus: float = 0.5  # CPUs per decode task
+    decode_memory_mb: int = 256  # memory reserved per decode task
+    encoder_cpus: float = 0.5  # CPUs per encoder actor (ignored with GPUs)
+    num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
+    use_gpu: str = "auto"  # auto | true | false
+    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI or no tracking
+    experiment: str = "ray_emer-extract"
+    progress: bool = True
+
+
+def effective_media(cfg: ExtractConfig) -> MediaConfig:
+    """``media.frame_size == 0`` means the encoder's input size (224 for CLIP ViT-L/14)."""
+    if cfg.media.frame_size > 0:
+        return cfg.media
+    from ray_emer.model.config import encoder_image_size, resolve_model_config
+
+    return dataclasses.replace(cfg.media, frame_size=encoder_image_size(resolve_model_config(cfg.preset)))
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, MediaError):
+        return f"{exc.reason}: {exc.detail or exc.path}"
+    if isinstance(exc, storage.StorageError):
+        return f"storage_error: {exc}"
+    return f"decode_failed: {type(exc).__name__}: {exc}"
+
+
+def decode_row(rec: dict, media: MediaConfig) -> dict:
+    """One manifest record -> arrays + flags; errors become ``status="error"`` with zeros."""
+    t0 = time.perf_counter()
+    win = int(round(media.audio_window_s * 16000))
+    out = {"row_json": json.dumps(rec, default=str), "status": "ok", "error": "", "face_frames": -1,
+           "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False}
+    try:
+        with storage.local_copy(rec["video_uri"]) as video:
+            if rec.get("audio_uri"):
+                with storage.local_copy(rec["audio_uri"]) as audio:
+                    clip = decode_clip(video, audio, media)
+            else:
+                clip = decode_clip(video, None, media)
+        out.update(frames=clip.frames, audio=clip.audio.astype(np.float32), has_video=clip.has_video,
+                   has_audio=clip.has_audio, face_frames=clip.face_frames, video_backend=clip.video_backend,
+                   duration_s=float(clip.probe.duration_s))
+    except Exception as exc:  # noqa: BLE001 - one bad clip must never end the job
+        out.update(status="error", error=_error_text(exc),
+                   frames=np.zeros((media.num_frames, media.frame_size, media.frame_size, 3), np.uint8),
+                   audio=np.zeros((media.num_audio_windows, win), np.float32))
+    out["decode_s"] = time.perf_counter() - t0
+    return out
+
+
+def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Decoded rows -> one columnar batch (what a Ray Data numpy batch looks like)."""
+    return {k: np.stack([r[k] for r in rows]) if k in ("frames", "audio") else np.array([r[k] for r in rows])
+            for k in rows[0]}
+
+
+class FeatureEncoder:
+    """Frozen encoders of a model config, turning decoded batches into feature tables."""
+
+    def __init__(self, preset: str, media: MediaConfig, device: str | None = None) -> None:
+        import torch
+
+        from ray_emer.model.config import resolve_model_config
+        from ray_emer.model.encoders import Encoders
+
+        self.cfg = resolve_model_config(preset, [])
+        self.name = self.cfg.preset if self.cfg.preset != "custom" else preset
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.encoders = Encoders.build(self.cfg, self.device, dtype)
+        self.media = media
+        self.video_shape = (media.num_frames, self.cfg.video_dim)
+        self.audio_shape = (media.num_audio_windows, self.cfg.audio_dim)
+        self.schema = feature_schema(self.video_shape, self.audio_shape)
+
+    def _encode(self, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v, a = self.encoders.encode(frames, audio)
+        v, a = v.cpu().numpy(), a.cpu().numpy()
+        if not (np.isfinite(v).all() and np.isfinite(a).all()):
+            raise FloatingPointError("non-finite features")
+        return v, a
+
+    def encode_batch(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """A decoded batch -> feature table (one row per input row, errors included)."""
+        t0 = time.perf_counter()
+        n = len(batch["row_json"])
+        status, error = list(batch["status"]), list(batch["error"])
+        video = np.zeros((n, *self.video_shape), np.float32)
+        audio = np.zeros((n, *self.audio_shape), np.float32)
+        ok = [i for i in range(n) if status[i] == "ok"]
+        try:
+            if ok:
+                video[ok], audio[ok] = self._encode(batch["frames"][ok], batch["audio"][ok])
+        except Exception:  # noqa: BLE001 - find the clip that breaks the batch, keep the rest
+            for i in ok:
+                try:
+                    video[i], audio[i] = (x[0] for x in self._encode(batch["frames"][i:i + 1], batch["audio"][i:i + 1]))
+                except Exception as exc:  # noqa: BLE001
+                    status[i], error[i] = "error", f"encode_failed: {type(exc).__name__}: {exc}"
+        has_video = np.array([bool(batch["has_video"][i]) and status[i] == "ok" for i in range(n)])
+        has_audio = np.array([bool(batch["has_audio"][i]) and status[i] == "ok" for i in range(n)])
+        video[~has_video], audio[~has_audio] = 0.0, 0.0
+        encode_s = (time.perf_counter() - t0) / max(n, 1)
+        return self._table(batch, video, audio, has_video, has_audio, status, error, encode_s)
+
+    def _table(self, batch, video, audio, has_video, has_audio, status, error, encode_s) -> pa.Table:
+        records = [json.loads(s) for s in batch["row_json"]]
+        manifest_names = set(MANIFEST_SCHEMA.names)
+        cols: dict[str, pa.Array] = {}
+        for name in dict.fromkeys(k for r in records for k in r):
+            values = [r.get(name) for r in records]
+            if name not in manifest_names:  # extra manifest columns travel as strings
+                values = [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values]
+            cols[name] = pa.array(values, type=MANIFEST_SCHEMA.field(name).type if name in manifest_names
+                                  else pa.string())
+        n = len(records)
+        cols.update(
+            video_feats=tensor_array(video, self.video_shape), audio_feats=tensor_array(audio, self.audio_shape),
+            has_video=pa.array(has_video, pa.bool_()), has_audio=pa.array(has_audio, pa.bool_()),
+            status=pa.array(status, pa.string()), error=pa.array(error, pa.string()),
+            face_frames=pa.array(np.asarray(batch["face_frames"], np.int32)),
+            video_backend=pa.array([str(x) for x in batch["video_backend"]], pa.string()),
+            duration_s=pa.array(np.asarray(batch["duration_s"], np.float32)),
+            decode_s=pa.array(np.asarray(batch["decode_s"], np.float32)),
+            encode_s=pa.array(np.full(n, encode_s, np.float32)), encoder=pa.array([self.name] * n, pa.string()),
+        )
+        return conform(pa.table(cols), self.schema, FEATURE_REQUIRED)
+
+
+def write_shard(table: pa.Table, output: str) -> str:
+    """Write one Parquet shard atomically under ``output``; returns its URI."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    first = table.column("clip_id")[0].as_py() if table.num_rows else "empty"
+    uri = storage.join(output, f"part-{first}-{uuid.uuid4().hex[:8]}.parquet")
+    storage.write_bytes(uri, buf.getvalue())
+    return uri
+
+
+def _dataset(output: str) -> pads.Dataset | None:
+    if not storage.exists(output):
+        return None
+    files = storage.list_files(output, suffixes=[".parquet"], recursive=False)
+    files = [f for f in files if storage.basename(f).startswith("part-")]
+    if not files:
+        return None
+    fs, _ = storage.arrow_filesystem(output)
+    return pads.dataset([storage.arrow_filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
+
+
+def done_clip_ids(output: str) -> set[str]:
+    """Clip ids already written under ``output`` (ok or error): a rerun skips them."""
+    ds = _dataset(output)
+    return set() if ds is None else set(ds.to_table(columns=["clip_id"]).column("clip_id").to_pylist())
+
+
+def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
+    """All feature rows under ``output``, one per clip id (the first written wins)."""
+    ds = _dataset(output)
+    if ds is None:
+        raise storage.StorageError(f"{output}: no part-*.parquet feature shards")
+    table = ds.to_table(columns=columns)
+    ids = table.column("clip_id").to_pylist()
+    seen: dict[str, int] = {}
+    keep = [seen.setdefault(c, i) == i for i, c in enumerate(ids)]
+    return table if all(keep) else table.filter(pa.array(keep))
+
+
+def feature_arrays(table: pa.Table, column: str) -> np.ndarray:
+    """A fixed-shape tensor column -> ``[N, ...]`` numpy array."""
+    return table.column(column).combine_chunks().to_numpy_ndarray()
+
+
+def pending_records(cfg: ExtractConfig) -> tuple[list[dict], int, int]:
+    """Manifest records still to extract, the manifest size, and how many were already written."""
+    from ray_emer.data.manifest import read_manifest
+
+    records = read_manifest(cfg.input).to_pylist()
+    done = done_clip_ids(cfg.output)
+    todo = [r for r in records if r["clip_id"] not in done]
+    return todo, len(records), len(records) - len(todo)
+
+
+def extract_sequential(cfg: ExtractConfig, limit: int | None = None) -> dict:
+    """The published way: decode and encode one clip at a time, in this process (the baseline)."""
+    media = effective_media(cfg)
+    todo, total, skipped = pending_records(cfg)
+    todo = todo[:limit] if limit is not None else todo
+    encoder = FeatureEncoder(cfg.preset, media)
+    t0 = time.perf_counter()
+    counts = {"ok": 0, "error": 0}
+    for rec in todo:
+        table = encoder.encode_batch(stack_rows([decode_row(rec, media)]))
+        write_shard(table, cfg.output)
+        for s in table.column("status").to_pylist():
+            counts[s] += 1
+    wall = time.perf_counter() - t0
+    return {"clips": total, "processed": len(todo), "skipped": skipped, **counts, "wall_s": round(wall, 3),
+            "clips_per_s": round(len(todo) / max(wall, 1e-9), 3)}

@@ -326,6 +326,27 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ray_emer.train.loop import TrainConfig
+    from ray_emer.train.run import run_training
+
+    flags = (("features", args.features), ("output", args.output), ("preset", args.preset), ("init", args.init),
+             ("max_steps", args.max_steps))
+    overrides = [f"{k}={v}" for k, v in flags if v is not None]
+    cfg = load_config(TrainConfig, args.config, overrides + args.overrides)
+    if not cfg.features or not cfg.output:
+        raise ConfigError("train needs --features and --output (or features/output in the config)")
+    from ray_emer.storage import StorageError
+
+    try:
+        summary = run_training(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (StorageError, ValueError) as exc:
+        print(f"ray-emer train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 def add_model(sub) -> None:
     mp = sub.add_parser("model", help="AffectGPT model tools", description="Inspect AffectGPT presets and checkpoints.")
     ms = mp.add_subparsers(dest="model_command", required=True)
@@ -397,6 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-crop", action="store_true", help="Haar face crops instead of whole frames")
     _add_config_flags(p)
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="train one AffectGPT stage on cached features",
+                       description="Train head + LoRA (per the config's trainable settings) on feature shards; "
+                                   "--output receives the exported checkpoint directory (config.json, "
+                                   "head.safetensors, adapter/, tokenizer/); --init starts from an earlier "
+                                   "stage's export.")
+    p.add_argument("--features", help="feature shards (ray-emer extract output)")
+    p.add_argument("--output", help="checkpoint directory to export")
+    p.add_argument("--preset", help="tiny | affectgpt-qwen2.5-7b (ignored with --init)")
+    p.add_argument("--init", help="checkpoint directory of an earlier stage")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default: the configured epochs)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
 
     add_evaluate(sub)
     add_model(sub)

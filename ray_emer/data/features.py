@@ -39,6 +39,7 @@ class ExtractConfig:
     encode_batch_size: int = 16  # clips per encoder call = rows per Parquet shard
     decode_cpus: float = 0.5  # CPUs per decode task
     decode_memory_mb: int = 256  # memory reserved per decode task
+    decode_tasks: int = 0  # concurrent decode tasks; 0: the CPUs left after the encoder actors
     encoder_cpus: float = 0.5  # CPUs per encoder actor (ignored with GPUs)
     num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
     use_gpu: str = "auto"  # auto | true | false

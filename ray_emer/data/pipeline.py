@@ -58,6 +58,18 @@ def _use_gpu(cfg: ExtractConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _decode_tasks(cfg: ExtractConfig, gpu: bool) -> int:
+    """Concurrent decode tasks: what the cluster's CPUs hold once the encoder actors have theirs.
+
+    Without this cap, decode tasks take every CPU slot, the encoder actor cannot start
+    until decoding is nearly done, and decoded clips pile up in the object store.
+    """
+    if cfg.decode_tasks > 0:
+        return cfg.decode_tasks
+    reserved = 0.0 if gpu else cfg.num_encoders * cfg.encoder_cpus
+    return max(1, int((ray.cluster_resources().get("CPU", 1) - reserved) / cfg.decode_cpus))
+
+
 def run_extract(cfg: ExtractConfig, log=print) -> dict:
     """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts."""
     if not cfg.input or not cfg.output:
@@ -74,7 +86,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
         n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
         ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
         ds = ds.map_batches(_decode, fn_kwargs={"media": media}, batch_size=cfg.decode_batch_size,
-                            num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(),
+                            num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
                             # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
                             # that differ from the actor's also keep Ray from fusing decode into the encoder
                             # actor, where it would run serially next to the encoder

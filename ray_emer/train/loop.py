@@ -1,0 +1,245 @@
+"""The training loop in plain PyTorch: feature batches in, an exported checkpoint out.
+
+No Ray here (ARCHITECTURE.md rule 2): the loop takes an iterable of columnar feature
+batches per epoch (numpy dicts, as ``read_features`` or a Ray Data shard yields them),
+a ``Tracker`` and a rank, so the same code runs in a unit test, in one process, and in
+every Ray Train worker.
+
+Per step: prompts + hybrid targets from the model's prompt builder, loss on answer
+tokens, gradient accumulation, clipping, AdamW (weight decay on matrices only),
+warmup + cosine or constant lr; bf16 autocast on CUDA, fp32 on CPU. Periodic
+validation reports the loss and label accuracy by generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ray_emer.model.affectgpt import AffectGPT, MultimodalBatch
+from ray_emer.model.config import TrainableConfig
+from ray_emer.model.prompts import Modalities, PromptBuilder, parse_ov_answer
+from ray_emer.tracking import NullTracker, Tracker
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05  # matrices only; biases and norms get 0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine floor as a share of lr
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    features: str = ""  # feature shards (ray-emer extract output)
+    output: str = ""  # exported checkpoint directory
+    preset: str = "tiny"  # model preset (ignored with init)
+    init: str = ""  # checkpoint directory of an earlier stage
+    model_overrides: list[str] = dataclasses.field(default_factory=list)  # e.g. ["fusion=none"]
+    trainable: TrainableConfig = dataclasses.field(default_factory=TrainableConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    task: Literal["hybrid", "description", "ov_labels"] = "hybrid"
+    drop_modalities: list[str] = dataclasses.field(default_factory=list)  # ablation: audio | video
+    train_split: str = "train"  # rows whose split matches ("" = all ok rows)
+    val_split: str = "val"
+    batch_size: int = 8  # per worker
+    epochs: int = 1
+    max_steps: int = 0  # optimizer steps; 0 = run the epochs
+    log_every: int = 10
+    val_every: int = 0  # optimizer steps between validations; 0 = at the end only
+    val_samples: int = 64
+    val_max_new_tokens: int = 24
+    seed: int = 0
+    tracking_uri: str = ""
+    experiment: str = "ray_emer-train"
+    run_name: str = ""
+
+
+# ---------------------------------------------------------------- data
+def feature_rows(table, split: str) -> list[dict]:
+    """Usable training rows of a feature table: status ok, the split asked for, with a target."""
+    from ray_emer.data.features import feature_arrays
+
+    video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")
+    rows = table.drop(["video_feats", "audio_feats"]).to_pylist()
+    out = []
+    for i, r in enumerate(rows):
+        if r["status"] != "ok" or (split and r.get("split") != split):
+            continue
+        if not (r.get("description") or r.get("labels")):
+            continue
+        out.append({**r, "video_feats": video[i], "audio_feats": audio[i]})
+    return out
+
+
+def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool = True) -> Iterator[dict]:
+    """Columnar numpy batches (the shape a Ray Data shard yields) from row dicts."""
+    order = list(range(len(rows)))
+    if shuffle:
+        rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        chunk = [rows[i] for i in order[start:start + batch_size]]
+        yield {k: (np.stack([r[k] for r in chunk]) if k.endswith("_feats") else np.array([r[k] for r in chunk],
+                                                                                        dtype=object))
+               for k in chunk[0]}
+
+
+def _labels(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(x) for x in (value.tolist() if isinstance(value, np.ndarray) else value)]
+
+
+def collate(batch: dict, model: AffectGPT, rng: random.Random, task: str = "hybrid",
+            drop: tuple[str, ...] = (), with_targets: bool = True) -> MultimodalBatch:
+    """A columnar feature batch -> ``MultimodalBatch`` with prompts (and hybrid targets)."""
+    n = len(batch["clip_id"])
+    has_video = [bool(v) and "video" not in drop for v in batch["has_video"]]
+    has_audio = [bool(a) and "audio" not in drop for a in batch["has_audio"]]
+    descs = [d if isinstance(d, str) else None for d in batch.get("description", [None] * n)]
+    labels = [_labels(x) for x in batch.get("labels", [None] * n)]
+    tasks = [PromptBuilder.hybrid_task(rng, descs[i], labels[i]) if task == "hybrid" else task for i in range(n)]
+    subs = [s if isinstance(s, str) else None for s in batch.get("subtitle", [None] * n)]
+    prompts = [model.prompts.prompt(subs[i], tasks[i], Modalities(has_video[i], has_audio[i])) for i in range(n)]
+    targets = [PromptBuilder.target(tasks[i], descs[i], labels[i]) for i in range(n)] if with_targets else None
+    return MultimodalBatch(torch.as_tensor(np.asarray(batch["video_feats"], np.float32)),
+                           torch.as_tensor(np.asarray(batch["audio_feats"], np.float32)),
+                           has_video, has_audio, prompts, targets)
+
+
+# ---------------------------------------------------------------- optimisation
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (ndim >= 2), none on biases and norm scales."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
+
+
+# ---------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: AffectGPT, rows: list[dict], cfg: TrainConfig, max_samples: int | None = None) -> dict:
+    """Validation loss (ov_labels targets) and label accuracy: the first generated label is a gold label."""
+    rows = rows[: max_samples or cfg.val_samples]
+    if not rows:
+        return {}
+    was_training = model.training
+    model.eval()
+    rng, drop = random.Random(0), tuple(cfg.drop_modalities)
+    losses, hits = [], 0
+    for batch in batches(rows, cfg.batch_size, rng, shuffle=False):
+        with _autocast(model):
+            losses.append(float(model(collate(batch, model, rng, "ov_labels", drop)).loss))
+            answers = model.generate(collate(batch, model, rng, "ov_labels", drop, with_targets=False),
+                                     max_new_tokens=cfg.val_max_new_tokens)
+        for ans, gold in zip(answers, batch["labels"], strict=True):
+            pred = parse_ov_answer(ans)
+            hits += bool(pred) and pred[0] in set(_labels(gold))
+    model.train(was_training)
+    return {"val_loss": float(np.mean(losses)), "val_label_accuracy": hits / len(rows), "val_n": len(rows)}
+
+
+def _autocast(model: torch.nn.Module):
+    dev = model.device if hasattr(model, "device") else next(model.parameters()).device
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ---------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)  # per optimizer step
+    samples: int = 0
+
+
+def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
+          val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
+          optimizer=None, on_step: Callable[[TrainState], None] | None = None) -> TrainState:
+    """Run optimizer steps until ``total_steps``; ``epoch_batches(epoch)`` yields that epoch's batches.
+
+    ``state``/``optimizer`` resume a run; ``on_step`` is the seam for checkpointing and
+    fault injection (the Ray Train wiring uses it; the loop itself knows nothing of Ray).
+    """
+    tracker = tracker or NullTracker()
+    state = state or TrainState()
+    opt, sched = optimizer or make_optimizer(model, cfg.optim, total_steps)
+    rng = random.Random(cfg.seed + state.step)
+    drop, accum = tuple(cfg.drop_modalities), max(1, cfg.optim.grad_accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    t_log, samples_log = time.perf_counter(), 0
+    while state.step < total_steps:
+        micro, running = 0, 0.0
+        for batch in epoch_batches(state.epoch):
+            with _autocast(model):
+                loss = model(collate(batch, model, rng, cfg.task, drop)).loss / accum
+            loss.backward()
+            running += loss.item()
+            micro += 1
+            samples_log += len(batch["clip_id"])
+            if micro % accum:
+                continue
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            state.step += 1
+            state.losses.append(running)
+            state.samples += samples_log
+            if cfg.log_every and state.step % cfg.log_every == 0:
+                dt = time.perf_counter() - t_log
+                tracker.log_metrics({"loss": running, "lr": sched.get_last_lr()[0],
+                                     "samples_per_s": samples_log / max(dt, 1e-9)}, step=state.step)
+                t_log, samples_log = time.perf_counter(), 0
+            if cfg.val_every and val_rows and state.step % cfg.val_every == 0:
+                tracker.log_metrics(validate(model, val_rows, cfg), step=state.step)
+            running = 0.0
+            if on_step is not None:
+                on_step(state)
+            if state.step >= total_steps:
+                break
+        state.epoch += 1
+    return state
+
+
+def steps_per_epoch(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    per_worker = math.ceil(n_rows / world_size)
+    return max(1, math.ceil(per_worker / cfg.batch_size) // max(1, cfg.optim.grad_accum))
+
+
+def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch(n_rows, cfg, world_size)

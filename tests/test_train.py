@@ -1,0 +1,112 @@
+"""The plain-PyTorch training loop (no Ray): schedule, decay groups, collate, a stage end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ray_emer.cli import main
+from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from ray_emer.model.affectgpt import AffectGPT
+from ray_emer.model.checkpoint import load_checkpoint
+from ray_emer.model.config import get_preset
+from ray_emer.synthetic import SynthConfig, write_archive
+from ray_emer.train.loop import (
+    OptimConfig,
+    TrainConfig,
+    batches,
+    collate,
+    feature_rows,
+    lr_lambda,
+    param_groups,
+    total_steps,
+)
+
+
+def test_warmup_then_cosine_and_constant():
+    f = lr_lambda(OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1), total_steps=24)
+    assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(24) == pytest.approx(0.1) and f(14) == pytest.approx(0.55)
+    g = lr_lambda(OptimConfig(warmup_steps=0, schedule="constant"), total_steps=10)
+    assert {g(s) for s in range(10)} == {1.0}
+
+
+def test_weight_decay_on_matrices_only():
+    model = AffectGPT.build(get_preset("tiny"))
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n_trainable
+
+
+@pytest.fixture(scope="module")
+def synth_features(tmp_path_factory):
+    """Features of 120 synthetic clips (sequential extraction: no Ray needed here)."""
+    root = tmp_path_factory.mktemp("train")
+    manifest = write_archive(str(root / "archive"), SynthConfig(clips=120, seed=11))
+    extract_sequential(ExtractConfig(input=manifest, output=str(root / "features"), progress=False))
+    return root / "features"
+
+
+def test_collate_builds_prompts_targets_and_drops_modalities(synth_features):
+    model = AffectGPT.build(get_preset("tiny"))
+    rows = feature_rows(read_features(str(synth_features)), "train")
+    batch = next(batches(rows, 4, random.Random(0)))
+    mb = collate(batch, model, random.Random(0))
+    assert len(mb) == 4 and mb.video_feats.shape == (4, 8, 48) and len(mb.targets) == 4
+    assert all(t.startswith("The character's emotional state is") or t.startswith("In the video") for t in mb.targets)
+    dropped = collate(batch, model, random.Random(0), "ov_labels", drop=("audio",))
+    assert not any(dropped.has_audio) and all("<AudioHere>" not in p for p in dropped.prompts)
+    assert torch.isfinite(model(dropped).loss)
+
+
+@pytest.mark.timeout(600)
+def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path):
+    out = tmp_path / "stage1"
+    db = tmp_path / "mlflow.db"
+    rc = main(["train", "--features", str(synth_features), "--output", str(out), "--preset", "tiny",
+               "--max-steps", "60", "--set", "optim.lr=3e-3", "--set", "batch_size=8", "--set", "log_every=10",
+               "--set", f"tracking_uri=sqlite:///{db}", "--set", "val_samples=24"])
+    assert rc == 0
+    cfg_json = json.loads((out / "config.json").read_text())
+    assert cfg_json["architecture"] == "AffectGPT" and (out / "adapter" / "adapter_model.safetensors").is_file()
+    model = load_checkpoint(str(out))
+    rows = feature_rows(read_features(str(synth_features)), "val")
+    batch = next(batches(rows, 4, random.Random(0), shuffle=False))
+    texts = model.generate(collate(batch, model, random.Random(0), "ov_labels", with_targets=False),
+                           max_new_tokens=12)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    run = mlflow.search_runs(experiment_names=["ray_emer-train"]).iloc[0]
+    assert run["params.preset"] == "tiny" and "metrics.val_label_accuracy" in run and run["metrics.loss"] < 6
+    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])]
+    assert "loss_curve.png" in arts and "stage1" in arts
+    # stage 2 starts from stage 1's export
+    rc = main(["train", "--features", str(synth_features), "--output", str(tmp_path / "stage2"),
+               "--init", str(out), "--max-steps", "5", "--set", "optim.lr=1e-3"])
+    assert rc == 0 and (tmp_path / "stage2" / "head.safetensors").is_file()
+
+
+def test_total_steps_and_epochs():
+    cfg = TrainConfig(batch_size=8, epochs=3)
+    assert total_steps(100, cfg) == 3 * math.ceil(100 / 8)
+    cfg.optim.grad_accum = 2
+    assert total_steps(100, cfg, world_size=2) == 3 * (math.ceil(50 / 8) // 2)
+    assert total_steps(100, TrainConfig(max_steps=7)) == 7
+
+
+def test_feature_rows_skip_errors_and_other_splits(synth_features):
+    table = read_features(str(synth_features))
+    rows = feature_rows(table, "train")
+    splits = table.column("split").to_pylist()
+    assert 0 < len(rows) == sum(s == "train" for s in splits)
+    assert all(isinstance(r["video_feats"], np.ndarray) and r["video_feats"].shape == (8, 48) for r in rows)
+    assert len(feature_rows(table, "")) == table.num_rows

@@ -338,8 +338,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train needs --features and --output (or features/output in the config)")
     from ray_emer.storage import StorageError
 
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        summary = run_training(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        if cfg.engine == "ray":
+            from ray_emer.train.trainer import run_ray_training
+
+            summary = run_ray_training(cfg, log=log)
+        else:
+            summary = run_training(cfg, log=log)
     except (StorageError, ValueError) as exc:
         print(f"ray-emer train: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ class Tracker(Protocol):
 
 
 class NullTracker:
+    run_id = None
+
     def log_params(self, params: dict) -> None:
         pass
 
@@ -40,13 +42,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 class MLflowTracker:
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
+                 run_id: str | None = None) -> None:
         import mlflow
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name)
+        # run_id: continue a run another process opened (the driver of a distributed job; a restarted rank 0)
+        self.run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name)
+        self.run_id = self.run.info.run_id
 
     def log_params(self, params: dict) -> None:
         self._mlflow.log_params({k: str(v)[:500] for k, v in _flatten(params).items()})
@@ -62,9 +67,10 @@ class MLflowTracker:
         self._mlflow.end_run()
 
 
-def make_tracker(tracking_uri: str | None, experiment: str, run_name: str | None = None, rank: int = 0) -> Tracker:
+def make_tracker(tracking_uri: str | None, experiment: str, run_name: str | None = None, rank: int = 0,
+                 run_id: str | None = None) -> Tracker:
     """MLflow if ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) is set and this is rank 0."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri or rank != 0:
         return NullTracker()
-    return MLflowTracker(uri, experiment, run_name)
+    return MLflowTracker(uri, experiment, run_name, run_id)

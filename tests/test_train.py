@@ -72,7 +72,7 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path)
     db = tmp_path / "mlflow.db"
     rc = main(["train", "--features", str(synth_features), "--output", str(out), "--preset", "tiny",
                "--max-steps", "60", "--set", "optim.lr=3e-3", "--set", "batch_size=8", "--set", "log_every=10",
-               "--set", f"tracking_uri=sqlite:///{db}", "--set", "val_samples=24"])
+               "--set", f"tracking_uri=sqlite:///{db}", "--set", "val_samples=24", "--set", "engine=local"])
     assert rc == 0
     cfg_json = json.loads((out / "config.json").read_text())
     assert cfg_json["architecture"] == "AffectGPT" and (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -91,7 +91,7 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path)
     assert "loss_curve.png" in arts and "stage1" in arts
     # stage 2 starts from stage 1's export
     rc = main(["train", "--features", str(synth_features), "--output", str(tmp_path / "stage2"),
-               "--init", str(out), "--max-steps", "5", "--set", "optim.lr=1e-3"])
+               "--init", str(out), "--max-steps", "5", "--set", "optim.lr=1e-3", "--set", "engine=local"])
     assert rc == 0 and (tmp_path / "stage2" / "head.safetensors").is_file()
 
 

@@ -9,6 +9,7 @@ engines (``prompt_embeddings`` -> ``[L, H]`` per sample for vLLM's prompt embeds
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -197,20 +198,38 @@ class AffectGPT(nn.Module):
         emb, mask, labels = self._assemble(batch, with_targets=True, left_pad=False)
         return self.llm(inputs_embeds=emb, attention_mask=mask, labels=labels)
 
+    @contextlib.contextmanager
+    def _gathered(self):
+        """Under FSDP2 the root's own parameters (head, embeddings, lm_head) stay sharded outside
+        ``forward``; generation and prompt embeddings gather them explicitly."""
+        unshard = getattr(self, "unshard", None)
+        if unshard is None:
+            yield
+            return
+        unshard()
+        try:
+            yield
+        finally:
+            self.reshard()
+
     @torch.no_grad()
     def prompt_embeddings(self, batch: MultimodalBatch) -> list[torch.Tensor]:
         """Per sample, the full prompt embedding sequence ``[L_i, H]`` (no padding)."""
-        emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=False)
+        with self._gathered():
+            emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=False)
         return [emb[i, : int(mask[i].sum())] for i in range(len(batch))]
 
     @torch.no_grad()
     def generate(self, batch: MultimodalBatch, max_new_tokens: int = 64, do_sample: bool = False,
                  **kwargs) -> list[str]:
         """Decode answers through HF ``generate(inputs_embeds=...)`` (left padded, greedy by default)."""
-        emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=True)
-        out = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id,
-                                eos_token_id=self.tokenizer.eos_token_id, **kwargs)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        kwargs.setdefault("synced_gpus", distributed and torch.distributed.get_world_size() > 1)
+        with self._gathered():
+            emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=True)
+            out = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id,
+                                    eos_token_id=self.tokenizer.eos_token_id, **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def make_batch(self, video_feats, audio_feats, subtitles: list[str | None], tasks: list[str],

@@ -65,6 +65,16 @@ class TrainConfig:
     tracking_uri: str = ""
     experiment: str = "ray_emer-train"
     run_name: str = ""
+    # distributed (Ray Train + FSDP2; engine "local" runs this process only)
+    engine: Literal["ray", "local"] = "ray"
+    workers: int = 1
+    use_gpu: str = "auto"  # auto | true | false
+    worker_cpus: float = 0.5  # CPUs per worker without GPUs (fractional: small machines never starve)
+    checkpoint_every: int = 0  # optimizer steps between distributed checkpoints (0: none)
+    storage_path: str = ""  # Ray Train run storage (checkpoints); empty: <output>.ray next to the output
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    fault_rank: int = -1  # test only: crash this rank once ...
+    fault_step: int = -1  # ... right after this optimizer step
 
 
 # ---------------------------------------------------------------- data

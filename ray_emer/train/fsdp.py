@@ -1,0 +1,56 @@
+"""FSDP2 as a function applied to a plain ``AffectGPT`` (rule 7), plus distributed state dicts.
+
+``shard_model`` wraps every LLM decoder block, then the root (head, embeddings, final
+norm, lm_head) with ``fully_shard``. It needs an initialised process group (gloo on
+CPU, NCCL on GPUs) and nothing from Ray. ``full_state_dict`` gathers the unsharded
+weights on rank 0 for the exported checkpoint; ``sharded_state`` / ``load_sharded_state``
+are the per-rank model + optimizer state that torch.distributed.checkpoint writes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ray_emer.model.affectgpt import AffectGPT
+
+
+def decoder_layers(model: AffectGPT) -> list[nn.Module]:
+    """The LLM's decoder blocks, LoRA-wrapped or not."""
+    llm = model.llm.get_base_model() if model.has_lora else model.llm
+    layers = getattr(getattr(llm, "model", llm), "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers in {type(llm).__name__}")
+    return list(layers)
+
+
+def shard_model(model: AffectGPT, param_dtype: torch.dtype | None = None) -> AffectGPT:
+    """Apply FSDP2 in place: each decoder block is one unit, the root holds the rest."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    kwargs = {"mp_policy": mp} if mp is not None else {}
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def full_state_dict(model: nn.Module) -> dict:
+    """Unsharded CPU state dict on rank 0 (a collective: every rank must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

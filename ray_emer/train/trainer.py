@@ -1,0 +1,207 @@
+"""Ray Train wiring (the only Ray file in train/): TorchTrainer + FSDP2 around the plain loop.
+
+Driver side: feature shards -> a Ray Data dataset (ok rows of the split), one
+``TorchTrainer`` with a ``ScalingConfig`` from the config (GPUs when there are any,
+fractional CPUs otherwise) and a ``FailureConfig``. Worker side: build the model, apply
+FSDP2, resume from ``ray.train.get_checkpoint()`` when Ray restarted the group, run
+``loop.train`` on this worker's dataset shard, write torch.distributed.checkpoint
+shards every ``checkpoint_every`` steps (every rank reports its own files; Ray merges
+them), then gather the full weights and export the checkpoint directory from rank 0.
+Train V2 rejects ``MLflowLoggerCallback``, so rank 0 logs to MLflow itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import ray
+import ray.train
+import torch
+
+from ray_emer import storage
+from ray_emer.config import from_dict, to_dict
+from ray_emer.data.features import read_features
+from ray_emer.tracking import make_tracker
+from ray_emer.train.loop import TrainConfig, TrainState, feature_rows, make_optimizer, total_steps, train, validate
+from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
+
+
+# ---------------------------------------------------------------- worker side
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = ray.train.get_context().get_local_rank()
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _fault_marker(cfg: TrainConfig) -> str:
+    os.makedirs(_storage_path(cfg), exist_ok=True)
+    return os.path.join(_storage_path(cfg), f".fault_injected_rank{cfg.fault_rank}_step{cfg.fault_step}")
+
+
+def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from ray_emer.train.fsdp import sharded_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp.save(sharded_state(model, opt), checkpoint_id=tmp)
+        if ray.train.get_context().get_world_rank() == 0:
+            extra = {**dataclasses.asdict(state), "scheduler": sched.state_dict()}
+            with open(os.path.join(tmp, "train_state.json"), "w") as fh:
+                json.dump(extra, fh)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step_{state.step:07d}")
+
+
+def _resume(model, opt, sched) -> TrainState | None:
+    import torch.distributed.checkpoint as dcp
+
+    from ray_emer.train.fsdp import load_sharded_state, sharded_state
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        if not os.path.exists(os.path.join(d, "train_state.json")):
+            return None  # the "final" summary of a finished run carries no training state
+        state = sharded_state(model, opt)
+        dcp.load(state, checkpoint_id=d)
+        load_sharded_state(model, opt, state)
+        with open(os.path.join(d, "train_state.json")) as fh:
+            extra = json.load(fh)
+    sched.load_state_dict(extra.pop("scheduler"))
+    return TrainState(**extra)
+
+
+def _export(model, cfg: TrainConfig, rank: int) -> None:
+    """Gather the unsharded weights (collective) and write the checkpoint directory from rank 0."""
+    from ray_emer.model.checkpoint import save_checkpoint
+    from ray_emer.train.fsdp import full_state_dict
+
+    full = full_state_dict(model)
+    if rank == 0:
+        plain = build_model(cfg)
+        plain.load_state_dict(full)
+        save_checkpoint(plain, cfg.output)
+
+
+def train_worker(config: dict) -> None:
+    """``train_loop_per_worker``: one rank of one stage."""
+    from ray_emer.train.fsdp import shard_model
+
+    cfg = from_dict(TrainConfig, config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = _device()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = shard_model(model.to(device=device, dtype=dtype))
+    steps = config["total_steps"]
+    opt, sched = make_optimizer(model, cfg.optim, steps)
+    state = _resume(model, opt, sched)
+    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, cfg.run_name or None, rank=rank,
+                           run_id=config.get("mlflow_run_id"))
+    if state is None:
+        log_stage_params(tracker, cfg, model, world)
+    shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int):
+        return shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+
+    def on_step(st: TrainState) -> None:
+        if rank == cfg.fault_rank and st.step == cfg.fault_step and not os.path.exists(_fault_marker(cfg)):
+            open(_fault_marker(cfg), "w").close()
+            os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
+        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < steps:
+            _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
+
+    val_rows = config.get("val_rows") or []
+    state = train(model, epoch_batches, cfg, steps, val_rows, tracker, state, (opt, sched), on_step)
+    metrics = validate(model, val_rows, cfg) if val_rows else {}
+    tracker.log_metrics(metrics, step=state.step)
+    _export(model, cfg, rank)
+    if rank == 0:
+        log_stage_artifacts(tracker, cfg, state.losses)
+    if not config.get("mlflow_run_id"):
+        tracker.close()  # otherwise the driver owns the run and ends it
+    final = {"step": state.step, "first_loss": state.losses[0] if state.losses else None,
+             "last_loss": state.losses[-1] if state.losses else None, "losses": state.losses, **metrics}
+    # Train V2 keeps only metrics that come with a checkpoint: rank 0 attaches a small "final" one
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            with open(os.path.join(tmp, "final_metrics.json"), "w") as fh:
+                json.dump(final, fh)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
+
+
+# ---------------------------------------------------------------- driver side
+def _storage_path(cfg: TrainConfig) -> str:
+    return cfg.storage_path or (cfg.output.rstrip("/") + ".ray")
+
+
+def _dataset(cfg: TrainConfig):
+    files = [f for f in storage.list_files(cfg.features, suffixes=[".parquet"], recursive=False)
+             if storage.basename(f).startswith("part-")]
+    cols = ["clip_id", "subtitle", "description", "labels", "split", "status", "has_video", "has_audio",
+            "video_feats", "audio_feats"]
+    ds = ray.data.read_parquet(files).select_columns(cols)
+    split = cfg.train_split
+    return ds.filter(lambda r: r["status"] == "ok" and (not split or r["split"] == split)
+                     and (bool(r["description"]) or r["labels"] is not None and len(r["labels"]) > 0))
+
+
+def _use_gpu(cfg: TrainConfig) -> bool:
+    if cfg.use_gpu in ("true", "false"):
+        return cfg.use_gpu == "true"
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_ray_training(cfg: TrainConfig, log=print) -> dict:
+    """Train one stage with Ray Train (joins a running cluster, else starts a local one)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    gpu = _use_gpu(cfg)
+    table = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"])
+    n_train = sum(1 for s, sp in zip(table.column("status").to_pylist(), table.column("split").to_pylist(),
+                                     strict=True) if s == "ok" and (not cfg.train_split or sp == cfg.train_split))
+    steps = total_steps(n_train, cfg, cfg.workers)
+    val_rows = feature_rows(read_features(cfg.features), cfg.val_split)[: cfg.val_samples] if cfg.val_samples else []
+    log(f"[train] {n_train} train rows on {cfg.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
+    storage_path = _storage_path(cfg)
+    name = cfg.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"
+    # the driver opens the MLflow run; rank 0 (first start or restart) logs into that same run
+    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, cfg.run_name or None)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows,
+                           "mlflow_run_id": tracker.run_id},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu,
+                                     resources_per_worker=None if gpu else {"CPU": cfg.worker_cpus}),
+        run_config=RunConfig(name=name, storage_path=os.path.abspath(storage_path)
+                             if not storage.is_remote(storage_path) else storage_path,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": _dataset(cfg)},
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        tracker.close()
+    metrics = dict(result.metrics or {})
+    losses = metrics.pop("losses", [])
+    log(f"[train] {metrics.get('step')} steps, loss {metrics.get('first_loss')} -> {metrics.get('last_loss')}; "
+        f"exported {cfg.output}")
+    return {**metrics, "output": cfg.output, "n_losses": len(losses),
+            "checkpoint": result.checkpoint.path if result.checkpoint else None}

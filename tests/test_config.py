@@ -6,6 +6,7 @@ import pytest
 from ray_emer.config import ConfigError, from_dict, load_config, parse_override, to_dict
 from ray_emer.data.features import ExtractConfig
 from ray_emer.quickstart import QuickstartConfig
+from ray_emer.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,8 @@ def test_from_dict_bool_is_not_int():
         from_dict(Outer, {"steps": True})
 
 
-CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig, "extract_features.yaml": ExtractConfig}
+CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig, "extract_features.yaml": ExtractConfig,
+                  "stage1_coarse.yaml": TrainConfig, "stage2_fine.yaml": TrainConfig}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -1,0 +1,63 @@
+"""`ray job submit` of stage 1 against a local head started with `ray start --head` (slow: run with -m slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ray_emer.data.features import ExtractConfig, extract_sequential
+from ray_emer.synthetic import SynthConfig, write_archive
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_stage1(tmp_path):
+    manifest = write_archive(str(tmp_path / "coarse"), SynthConfig(clips=40, seed=9, coarse=True))
+    extract_sequential(ExtractConfig(input=manifest, output=str(tmp_path / "features"), progress=False))
+    bindir = Path(sys.executable).parent
+    dash, gcs = _port(), _port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"],
+                            # (no --temp-dir under tmp_path: its socket paths would pass the 107-byte AF_UNIX limit)
+                            env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 180
+        while time.time() < deadline:  # the port opens before the job API answers
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        time.sleep(3)
+        cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+               sys.executable, "jobs/train.py", "--config", "jobs/configs/stage1_coarse.yaml",
+               "--features", str(tmp_path / "features"), "--output", str(tmp_path / "stage1"),
+               "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "val_samples=4"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+        assert summary["step"] == 4
+        assert json.loads((tmp_path / "stage1" / "config.json").read_text())["architecture"] == "AffectGPT"
+    finally:
+        head.terminate()
+        head.wait(timeout=60)

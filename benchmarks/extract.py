@@ -88,7 +88,7 @@ def main() -> None:
     ceiling = decode_ceiling(records, media, args.cpus)
     print(f"(c) decode-only ceiling ({args.cpus} processes, frames at {media.frame_size}px): {ceiling:.1f} clips/s")
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     pipe_cfg = ExtractConfig(output=os.path.join(work, "ray"), **base)
     shutil.rmtree(pipe_cfg.output, ignore_errors=True)
     rss, stop = [], threading.Event()

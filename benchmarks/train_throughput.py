@@ -3,8 +3,9 @@
     python benchmarks/train_throughput.py --clips 64 --steps 20 --batch-size 8
 
 (a) cached: the loop reads feature rows written once by the extraction job.
-(b) published: every step decodes its clips (frames + 16 kHz windows) and re-runs the
-    frozen encoders before the same forward/backward/optimizer step.
+(b) published: every step decodes its clips (frames at 224 px as the published CLIP
+    preprocessing does, + 16 kHz windows) and re-runs the frozen encoders before the same
+    forward/backward/optimizer step.
 Prints samples/s of both and the ratio.
 """
 
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--real-encoders", action="store_true",
                     help="tiny LLM, but CLIP ViT-L/14 + HuBERT-large at full size (random init; compute does not "
                          "depend on the weights): the encoder cost the published loop pays at every step")
+    ap.add_argument("--published-frame-size", type=int, default=224,
+                    help="frame size the published loop decodes to (its CLIP preprocessing is fixed at 224)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_train_bench_")
@@ -71,7 +74,9 @@ def main() -> None:
         extract_sequential(ecfg)
     rows = feature_rows(read_features(ecfg.output), "")
     records = {r["clip_id"]: r for r in read_manifest(manifest).to_pylist()}
-    media = effective_media(ecfg)
+    import dataclasses
+
+    media = dataclasses.replace(effective_media(ecfg), frame_size=args.published_frame_size)
     encoder = FeatureEncoder(preset, media)
 
     from ray_emer.model.config import resolve_model_config

@@ -61,3 +61,8 @@ def test_ray_job_submit_stage1(tmp_path):
     finally:
         head.terminate()
         head.wait(timeout=60)
+        # `ray start` records the head in /tmp/ray/ray_current_cluster and only `ray stop` (which would end
+        # every Ray process on the machine) removes it; a stale record makes a later ray.init() try to join it
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()

@@ -47,7 +47,14 @@ class MLflowTracker:
         import mlflow
 
         self._mlflow = mlflow
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking_uri)
+        # mlflow also exports the URI as MLFLOW_TRACKING_URI: put it back, or every later job in this process
+        # (and every Ray worker it starts) would track into this run's store without being asked to
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         mlflow.set_experiment(experiment)
         # run_id: continue a run another process opened (the driver of a distributed job; a restarted rank 0)
         self.run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name)

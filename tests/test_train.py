@@ -110,3 +110,16 @@ def test_feature_rows_skip_errors_and_other_splits(synth_features):
     assert 0 < len(rows) == sum(s == "train" for s in splits)
     assert all(isinstance(r["video_feats"], np.ndarray) and r["video_feats"].shape == (8, 48) for r in rows)
     assert len(feature_rows(table, "")) == table.num_rows
+
+
+def test_mlflow_tracking_does_not_leak_into_the_environment(tmp_path, monkeypatch):
+    import os
+
+    from ray_emer.tracking import NullTracker, make_tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = make_tracker(f"sqlite:///{tmp_path / 'm.db'}", "leak-check")
+    tracker.log_metrics({"x": 1.0})
+    tracker.close()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # mlflow.set_tracking_uri exports it; we put it back
+    assert isinstance(make_tracker(None, "leak-check"), NullTracker)

@@ -24,7 +24,7 @@ import torch
 from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
 from ray_emer.data.features import read_features
-from ray_emer.tracking import make_tracker
+from ray_emer.tracking import NullTracker, make_tracker
 from ray_emer.train.loop import TrainConfig, TrainState, feature_rows, make_optimizer, total_steps, train, validate
 from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
 
@@ -105,8 +105,9 @@ def train_worker(config: dict) -> None:
     steps = config["total_steps"]
     opt, sched = make_optimizer(model, cfg.optim, steps)
     state = _resume(model, opt, sched)
-    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, cfg.run_name or None, rank=rank,
-                           run_id=config.get("mlflow_run_id"))
+    run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
+    tracker = make_tracker(config["tracking_uri"], cfg.experiment, rank=rank, run_id=run_id) if run_id \
+        else NullTracker()
     if state is None:
         log_stage_params(tracker, cfg, model, world)
     shard = ray.train.get_dataset_shard("train")
@@ -128,8 +129,7 @@ def train_worker(config: dict) -> None:
     _export(model, cfg, rank)
     if rank == 0:
         log_stage_artifacts(tracker, cfg, state.losses)
-    if not config.get("mlflow_run_id"):
-        tracker.close()  # otherwise the driver owns the run and ends it
+    tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
     final = {"step": state.step, "first_loss": state.losses[0] if state.losses else None,
              "last_loss": state.losses[-1] if state.losses else None, "losses": state.losses, **metrics}
     # Train V2 keeps only metrics that come with a checkpoint: rank 0 attaches a small "final" one
@@ -181,11 +181,12 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
     storage_path = _storage_path(cfg)
     name = cfg.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"
     # the driver opens the MLflow run; rank 0 (first start or restart) logs into that same run
-    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, cfg.run_name or None)
+    tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    tracker = make_tracker(tracking_uri or None, cfg.experiment, cfg.run_name or None)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows,
-                           "mlflow_run_id": tracker.run_id},
+                           "mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu,
                                      resources_per_worker=None if gpu else {"CPU": cfg.worker_cpus}),

@@ -29,17 +29,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from ray_emer import storage
-    from ray_emer.media import MediaConfig, MediaError, decode_clip
+    from ray_emer.media import MediaConfig, MediaError, decode_uri
 
     cfg = MediaConfig(num_frames=args.num_frames, frame_size=args.size,
                       max_duration_s=args.max_duration, video_backend=args.backend)
     try:
-        with storage.local_copy(args.file) as video:
-            if args.audio:
-                with storage.local_copy(args.audio) as audio:
-                    clip = decode_clip(video, audio, cfg)
-            else:
-                clip = decode_clip(video, None, cfg)
+        clip = decode_uri(args.file, args.audio, cfg)
     except (MediaError, storage.StorageError) as exc:
         print(f"ray-emer decode: {exc}", file=sys.stderr)
         return 1

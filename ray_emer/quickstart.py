@@ -12,7 +12,7 @@ import time
 
 from ray_emer import storage
 from ray_emer.data.manifest import read_manifest
-from ray_emer.media import MediaConfig, MediaError, decode_clip
+from ray_emer.media import MediaConfig, MediaError, decode_uri
 from ray_emer.synthetic import SynthConfig, write_archive
 
 
@@ -29,13 +29,7 @@ def decode_manifest(manifest_uri: str, media: MediaConfig) -> list[dict]:
     for rec in read_manifest(manifest_uri).to_pylist():
         row = {"clip_id": rec["clip_id"], "status": "ok", "error": ""}
         try:
-            with storage.local_copy(rec["video_uri"]) as video:
-                if rec.get("audio_uri"):
-                    with storage.local_copy(rec["audio_uri"]) as audio:
-                        clip = decode_clip(video, audio, media)
-                else:
-                    clip = decode_clip(video, None, media)
-            row.update(clip.summary())
+            row.update(decode_uri(rec["video_uri"], rec.get("audio_uri"), media).summary())
         except (MediaError, storage.StorageError) as exc:
             row.update(status="error", error=str(exc))
         rows.append(row)

@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ray_emer import storage
-from ray_emer.media import MediaConfig, MediaError, decode_clip
+from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri
 from ray_emer.schema import FEATURE_REQUIRED, MANIFEST_SCHEMA, conform, feature_schema, tensor_array
 
 
@@ -68,16 +68,11 @@ def _error_text(exc: BaseException) -> str:
 def decode_row(rec: dict, media: MediaConfig) -> dict:
     """One manifest record -> arrays + flags; errors become ``status="error"`` with zeros."""
     t0 = time.perf_counter()
-    win = int(round(media.audio_window_s * 16000))
+    win = int(round(media.audio_window_s * SAMPLE_RATE))
     out = {"row_json": json.dumps(rec, default=str), "status": "ok", "error": "", "face_frames": -1,
            "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False}
     try:
-        with storage.local_copy(rec["video_uri"]) as video:
-            if rec.get("audio_uri"):
-                with storage.local_copy(rec["audio_uri"]) as audio:
-                    clip = decode_clip(video, audio, media)
-            else:
-                clip = decode_clip(video, None, media)
+        clip = decode_uri(rec["video_uri"], rec.get("audio_uri"), media)
         out.update(frames=clip.frames, audio=clip.audio.astype(np.float32), has_video=clip.has_video,
                    has_audio=clip.has_audio, face_frames=clip.face_frames, video_backend=clip.video_backend,
                    duration_s=float(clip.probe.duration_s))

@@ -3,12 +3,12 @@
 - ``probe``: duration, fps, resolution, codec, has_audio.
 - ``decode_video_frames``: ``[T, S, S, 3]`` uint8 frames sampled uniformly (decord, PyAV fallback).
 - ``load_audio`` / ``audio_windows``: 16 kHz mono float32 and the ``[8, 32000]`` windows.
-- ``decode_clip``: all of the above for one clip, as a ``DecodedClip``.
+- ``decode_clip``: all of the above for one clip, as a ``DecodedClip``; ``decode_uri`` for local/S3 URIs.
 Every failure raises ``MediaError`` with the file and a reason code.
 """
 
 from ray_emer.media.audio import SAMPLE_RATE, audio_windows, load_audio
-from ray_emer.media.clip import DecodedClip, MediaConfig, decode_clip
+from ray_emer.media.clip import DecodedClip, MediaConfig, decode_clip, decode_uri
 from ray_emer.media.errors import MediaError
 from ray_emer.media.probe import Probe, probe
 from ray_emer.media.video import decode_video_frames, frame_indices
@@ -21,6 +21,7 @@ __all__ = [
     "Probe",
     "audio_windows",
     "decode_clip",
+    "decode_uri",
     "decode_video_frames",
     "frame_indices",
     "load_audio",

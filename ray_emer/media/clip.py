@@ -64,6 +64,20 @@ def decode_clip(video_path: str, audio_path: str | None = None, cfg: MediaConfig
         raise MediaError(video_path, "decode_failed", f"{type(exc).__name__}: {exc}") from exc
 
 
+def decode_uri(video_uri: str, audio_uri: str | None = None, cfg: MediaConfig | None = None) -> DecodedClip:
+    """:func:`decode_clip` for URIs (local paths or ``s3://``): remote files go through a local temp copy.
+
+    Raises ``MediaError`` for a bad clip and ``storage.StorageError`` for a missing or unreadable URI.
+    """
+    from ray_emer import storage
+
+    with storage.local_copy(video_uri) as video:
+        if not audio_uri:
+            return decode_clip(video, None, cfg)
+        with storage.local_copy(audio_uri) as audio:
+            return decode_clip(video, audio, cfg)
+
+
 def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> DecodedClip:
     info = probe(video_path)
     if info.duration_s > cfg.max_duration_s:

@@ -17,7 +17,6 @@ import random
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from ray_emer.data.features import (
@@ -26,6 +25,7 @@ from ray_emer.data.features import (
     decode_row,
     effective_media,
     extract_sequential,
+    feature_arrays,
     read_features,
     stack_rows,
 )
@@ -33,7 +33,7 @@ from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import get_preset
 from ray_emer.synthetic import SynthConfig, write_archive
-from ray_emer.train.loop import OptimConfig, collate, feature_rows, make_optimizer
+from ray_emer.train.loop import OptimConfig, collate, feature_rows, make_optimizer, stack_batch
 
 
 def step(model, opt, batch, rng) -> float:
@@ -89,22 +89,16 @@ def main() -> None:
     def sample() -> list[dict]:
         return [rows[i] for i in pick.sample(range(len(rows)), args.batch_size)]
 
-    def cached_batch(chunk):
-        return {k: (np.stack([r[k] for r in chunk]) if k.endswith("_feats") else
-                    np.array([r[k] for r in chunk], dtype=object)) for k in chunk[0]}
-
     def published_batch(chunk):
         decoded = stack_rows([decode_row(records[r["clip_id"]], media) for r in chunk])
         table = encoder.encode_batch(decoded)  # the frozen encoders, again, at every step
-        from ray_emer.data.features import feature_arrays
-
-        batch = cached_batch(chunk)
+        batch = stack_batch(chunk)
         batch["video_feats"], batch["audio_feats"] = feature_arrays(table, "video_feats"), feature_arrays(table,
                                                                                                        "audio_feats")
         return batch
 
     results = {}
-    for name, make in (("cached", cached_batch), ("published", published_batch)):
+    for name, make in (("cached", stack_batch), ("published", published_batch)):
         step(model, opt, make(sample()), rng)  # warm-up
         t0 = time.perf_counter()
         for _ in range(args.steps):

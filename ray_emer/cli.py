@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ray_emer.config import ConfigError, load_config, to_dict
+from ray_emer.config import ConfigError, load_config
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:

@@ -72,7 +72,6 @@ def conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...]) -> pa
 
 # ---------------------------------------------------------------- feature rows
 FEATURE_REQUIRED = ("clip_id", "status")
-FEATURE_STATUS = ("ok", "error")
 FEATURE_COLUMNS = (
     # name, type; video_feats/audio_feats are added per shape by feature_schema()
     ("has_video", pa.bool_()),

@@ -190,12 +190,13 @@ def done_clip_ids(output: str) -> set[str]:
     return set() if ds is None else set(ds.to_table(columns=["clip_id"]).column("clip_id").to_pylist())
 
 
-def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
-    """All feature rows under ``output``, one per clip id (the first written wins)."""
+def read_features(output: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """Feature rows under ``output`` (optionally some columns / a ``pyarrow.dataset`` filter),
+    one per clip id (the first written wins)."""
     ds = _dataset(output)
     if ds is None:
         raise storage.StorageError(f"{output}: no part-*.parquet feature shards")
-    table = ds.to_table(columns=columns)
+    table = ds.to_table(columns=columns, filter=filter)
     ids = table.column("clip_id").to_pylist()
     seen: dict[str, int] = {}
     keep = [seen.setdefault(c, i) == i for i, c in enumerate(ids)]

@@ -78,20 +78,26 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- data
+def usable_row(row: dict, split: str) -> bool:
+    """A row a stage trains or validates on: decoded, in ``split`` ("" = any), with a target."""
+    labels = row.get("labels")
+    return (row["status"] == "ok" and (not split or row.get("split") == split)
+            and (bool(row.get("description")) or (labels is not None and len(labels) > 0)))
+
+
 def feature_rows(table, split: str) -> list[dict]:
-    """Usable training rows of a feature table: status ok, the split asked for, with a target."""
+    """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
     from ray_emer.data.features import feature_arrays
 
     video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")
     rows = table.drop(["video_feats", "audio_feats"]).to_pylist()
-    out = []
-    for i, r in enumerate(rows):
-        if r["status"] != "ok" or (split and r.get("split") != split):
-            continue
-        if not (r.get("description") or r.get("labels")):
-            continue
-        out.append({**r, "video_feats": video[i], "audio_feats": audio[i]})
-    return out
+    return [{**r, "video_feats": video[i], "audio_feats": audio[i]} for i, r in enumerate(rows) if usable_row(r, split)]
+
+
+def stack_batch(rows: list[dict]) -> dict:
+    """Row dicts -> one columnar numpy batch (the shape a Ray Data shard yields)."""
+    return {k: np.stack([r[k] for r in rows]) if k.endswith("_feats") else np.array([r[k] for r in rows], dtype=object)
+            for k in rows[0]}
 
 
 def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool = True) -> Iterator[dict]:
@@ -100,10 +106,7 @@ def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool
     if shuffle:
         rng.shuffle(order)
     for start in range(0, len(order), batch_size):
-        chunk = [rows[i] for i in order[start:start + batch_size]]
-        yield {k: (np.stack([r[k] for r in chunk]) if k.endswith("_feats") else np.array([r[k] for r in chunk],
-                                                                                        dtype=object))
-               for k in chunk[0]}
+        yield stack_batch([rows[i] for i in order[start:start + batch_size]])
 
 
 def _labels(value) -> list[str]:

@@ -25,7 +25,16 @@ from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
 from ray_emer.data.features import read_features
 from ray_emer.tracking import NullTracker, make_tracker
-from ray_emer.train.loop import TrainConfig, TrainState, feature_rows, make_optimizer, total_steps, train, validate
+from ray_emer.train.loop import (
+    TrainConfig,
+    TrainState,
+    feature_rows,
+    make_optimizer,
+    total_steps,
+    train,
+    usable_row,
+    validate,
+)
 from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
 
 
@@ -154,8 +163,7 @@ def _dataset(cfg: TrainConfig):
             "video_feats", "audio_feats"]
     ds = ray.data.read_parquet(files).select_columns(cols)
     split = cfg.train_split
-    return ds.filter(lambda r: r["status"] == "ok" and (not split or r["split"] == split)
-                     and (bool(r["description"]) or r["labels"] is not None and len(r["labels"]) > 0))
+    return ds.filter(lambda r: usable_row(r, split))
 
 
 def _use_gpu(cfg: TrainConfig) -> bool:
@@ -172,11 +180,15 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
     if not ray.is_initialized():
         ray.init()
     gpu = _use_gpu(cfg)
-    table = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"])
-    n_train = sum(1 for s, sp in zip(table.column("status").to_pylist(), table.column("split").to_pylist(),
-                                     strict=True) if s == "ok" and (not cfg.train_split or sp == cfg.train_split))
+    light = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
+    n_train = sum(usable_row(r, cfg.train_split) for r in light)
     steps = total_steps(n_train, cfg, cfg.workers)
-    val_rows = feature_rows(read_features(cfg.features), cfg.val_split)[: cfg.val_samples] if cfg.val_samples else []
+    val_rows = []
+    if cfg.val_samples and cfg.val_split:  # only the validation split's features come to the driver
+        import pyarrow.dataset as pads
+
+        val = read_features(cfg.features, filter=pads.field("split") == cfg.val_split)
+        val_rows = feature_rows(val, cfg.val_split)[: cfg.val_samples]
     log(f"[train] {n_train} train rows on {cfg.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
     storage_path = _storage_path(cfg)
     name = cfg.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"

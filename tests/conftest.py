@@ -162,6 +162,17 @@ def bad_media(tmp_path_factory) -> Path:
     return d
 
 
+def synthetic_features(root: Path, cfg) -> Path:
+    """A synthetic archive under ``root/archive`` and its tiny-encoder features under ``root/features``
+    (sequential extraction: no Ray needed)."""
+    from ray_emer.data.features import ExtractConfig, extract_sequential
+    from ray_emer.synthetic import write_archive
+
+    manifest = write_archive(str(root / "archive"), cfg)
+    extract_sequential(ExtractConfig(input=manifest, output=str(root / "features"), progress=False))
+    return root / "features"
+
+
 @pytest.fixture(scope="session")
 def synth_archive(tmp_path_factory) -> Path:
     """12 synthetic clips + manifest.csv (seed 0)."""

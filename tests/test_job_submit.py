@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_emer.data.features import ExtractConfig, extract_sequential
-from ray_emer.synthetic import SynthConfig, write_archive
+from conftest import synthetic_features
+from ray_emer.synthetic import SynthConfig
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -27,8 +27,7 @@ def _port() -> int:
 
 
 def test_ray_job_submit_stage1(tmp_path):
-    manifest = write_archive(str(tmp_path / "coarse"), SynthConfig(clips=40, seed=9, coarse=True))
-    extract_sequential(ExtractConfig(input=manifest, output=str(tmp_path / "features"), progress=False))
+    features = synthetic_features(tmp_path, SynthConfig(clips=40, seed=9, coarse=True))
     bindir = Path(sys.executable).parent
     dash, gcs = _port(), _port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -51,7 +50,7 @@ def test_ray_job_submit_stage1(tmp_path):
         time.sleep(3)
         cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
                sys.executable, "jobs/train.py", "--config", "jobs/configs/stage1_coarse.yaml",
-               "--features", str(tmp_path / "features"), "--output", str(tmp_path / "stage1"),
+               "--features", str(features), "--output", str(tmp_path / "stage1"),
                "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "val_samples=4"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

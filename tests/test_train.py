@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ray_emer.cli import main
-from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from conftest import synthetic_features
+from ray_emer.data.features import read_features
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import get_preset
-from ray_emer.synthetic import SynthConfig, write_archive
+from ray_emer.synthetic import SynthConfig
 from ray_emer.train.loop import (
     OptimConfig,
     TrainConfig,
@@ -47,11 +48,8 @@ def test_weight_decay_on_matrices_only():
 
 @pytest.fixture(scope="module")
 def synth_features(tmp_path_factory):
-    """Features of 120 synthetic clips (sequential extraction: no Ray needed here)."""
-    root = tmp_path_factory.mktemp("train")
-    manifest = write_archive(str(root / "archive"), SynthConfig(clips=120, seed=11))
-    extract_sequential(ExtractConfig(input=manifest, output=str(root / "features"), progress=False))
-    return root / "features"
+    """Features of 120 synthetic clips."""
+    return synthetic_features(tmp_path_factory.mktemp("train"), SynthConfig(clips=120, seed=11))
 
 
 def test_collate_builds_prompts_targets_and_drops_modalities(synth_features):

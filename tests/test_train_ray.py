@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from conftest import synthetic_features
+from ray_emer.data.features import read_features
 from ray_emer.model.checkpoint import load_checkpoint
-from ray_emer.synthetic import SynthConfig, write_archive
+from ray_emer.synthetic import SynthConfig
 from ray_emer.train.loop import OptimConfig, TrainConfig, batches, collate, feature_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -17,10 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray_train")
-    manifest = write_archive(str(root / "archive"), SynthConfig(clips=48, seed=5))
-    extract_sequential(ExtractConfig(input=manifest, output=str(root / "features"), progress=False))
-    return root / "features"
+    return synthetic_features(tmp_path_factory.mktemp("ray_train"), SynthConfig(clips=48, seed=5))
 
 
 def _cfg(features, out, **kw) -> TrainConfig:

@@ -7,6 +7,15 @@
     preprocessing does, + 16 kHz windows) and re-runs the frozen encoders before the same
     forward/backward/optimizer step.
 Prints samples/s of both and the ratio.
+
+    python benchmarks/train_throughput.py --real-scale --batch-size 2 --steps 2
+
+(--real-scale) the published-size model, composed from parts measured in this run: a
+LoRA train step of the Qwen2.5-7B-shaped LLM (embeddings + lm_head + 1 and 2 decoder
+layers at full width, so one layer's cost is the difference, times 28 layers), the
+full-size CLIP ViT-L/14 + HuBERT-large forward on the same clips, and decoding them at
+224 px. Its ratio is what caching saves where the LLM, not the encoders, dominates a
+step; no machine here holds the 7B model, so it is composed rather than timed whole.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import random
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from ray_emer.data.features import (
@@ -44,6 +54,69 @@ def step(model, opt, batch, rng) -> float:
     return loss.item()
 
 
+def timed_steps(model, opt, make, steps, rng) -> float:
+    """Seconds per step (after one warm-up step)."""
+    step(model, opt, make(), rng)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(model, opt, make(), rng)
+    return (time.perf_counter() - t0) / steps
+
+
+def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
+    """The published-size step composed from measured parts (see the module docstring)."""
+    real = get_preset("affectgpt-qwen2.5-7b")
+    enc_dir = os.path.join(work, "real_encoders")
+    os.makedirs(enc_dir, exist_ok=True)
+    rng, pick = random.Random(0), random.Random(1)
+    chunk = [rows[i] for i in pick.sample(range(len(rows)), args.batch_size)]
+
+    def real_batch() -> dict:
+        batch = stack_batch(chunk)
+        n = len(chunk)  # feature values do not change the cost; their shapes are the published ones
+        batch["video_feats"] = np.random.default_rng(0).standard_normal((n, 8, real.video_dim), np.float32)
+        batch["audio_feats"] = np.random.default_rng(1).standard_normal((n, 8, real.audio_dim), np.float32)
+        return batch
+
+    per_step = {}
+    for layers in (1, 2):
+        cfg = get_preset("tiny")  # the tiny tokenizer: its ids fit the 7B vocabulary, nothing to download
+        cfg.preset = f"qwen2.5-7b-shaped-{layers}-layer"
+        cfg.encoders, cfg.lora, cfg.image_branch = real.encoders, real.lora, False
+        cfg.video_dim, cfg.audio_dim, cfg.fusion_dim = real.video_dim, real.audio_dim, real.fusion_dim
+        cfg.llm_config = dict(real.llm_config, num_hidden_layers=layers)
+        torch.manual_seed(0)
+        model = AffectGPT.build(cfg)
+        opt, _ = make_optimizer(model, OptimConfig(lr=1e-5), args.steps + 1)
+        per_step[layers] = timed_steps(model, opt, real_batch, args.steps, rng)
+        mb = collate(real_batch(), model, random.Random(0))
+        tokens = sum(len(model.tokenizer(p + t).input_ids) for p, t in zip(mb.prompts, mb.targets, strict=True))
+        del model, opt
+    layer = per_step[2] - per_step[1]
+    n_layers = int(real.llm_config["num_hidden_layers"])
+    llm = per_step[1] - layer + n_layers * layer
+    cfg = get_preset("tiny")
+    cfg.encoders, cfg.video_dim, cfg.audio_dim = real.encoders, real.video_dim, real.audio_dim
+    with open(os.path.join(enc_dir, "config.json"), "w") as fh:
+        fh.write(cfg.to_json())
+    encoder = FeatureEncoder(enc_dir, media)
+    t0 = time.perf_counter()
+    decoded = stack_rows([decode_row(records[r["clip_id"]], media) for r in chunk])
+    decode_s = time.perf_counter() - t0
+    encoder.encode_batch(decoded)
+    t0 = time.perf_counter()
+    encoder.encode_batch(decoded)
+    encode_s = time.perf_counter() - t0
+    b = args.batch_size
+    print(f"real scale, batch {b} ({tokens / b:.0f} tokens per sample), {torch.get_num_threads()} threads, fp32 CPU:")
+    print(f"  LLM step: embeddings + lm_head + head {per_step[1] - layer:.2f} s, one decoder layer {layer:.2f} s "
+          f"-> {n_layers} layers {llm:.2f} s")
+    print(f"  frozen encoders (CLIP ViT-L/14 x 8 frames + HuBERT-large x 8 windows): {encode_s:.2f} s; "
+          f"decoding at {media.frame_size} px: {decode_s:.2f} s")
+    print(f"  ratio cached / published: {(llm + encode_s) / llm:.2f}x with the encoders re-run, "
+          f"{(llm + encode_s + decode_s) / llm:.2f}x with decoding in the step too")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=64)
@@ -53,6 +126,8 @@ def main() -> None:
     ap.add_argument("--real-encoders", action="store_true",
                     help="tiny LLM, but CLIP ViT-L/14 + HuBERT-large at full size (random init; compute does not "
                          "depend on the weights): the encoder cost the published loop pays at every step")
+    ap.add_argument("--real-scale", action="store_true",
+                    help="also compose the published-size step from measured parts (slow on CPU: use --batch-size 2)")
     ap.add_argument("--published-frame-size", type=int, default=224,
                     help="frame size the published loop decodes to (its CLIP preprocessing is fixed at 224)")
     ap.add_argument("--workdir", default=None)
@@ -107,6 +182,9 @@ def main() -> None:
         print(f"{name:>10}: {results[name]:.1f} samples/s ({args.steps} steps, batch {args.batch_size}, "
               f"model {model.cfg.preset}, {torch.get_num_threads()} threads)")
     print(f"ratio cached / published: {results['cached'] / results['published']:.1f}x")
+    if args.real_scale:
+        del model, opt, encoder
+        real_scale(args, rows, records, media, work)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Learning check on the synthetic archive: two stages and modality ablations, one table.
 
-    python benchmarks/learning.py --clips 600 --steps 300
+    python benchmarks/learning.py --clips 600 --steps 600 --seeds 3
 
 Extracts features (sequential, tiny encoders) for a coarse archive (stage 1, noisy
 labels and clues) and a clean one (stage 2 + held-out test split), trains the tiny
@@ -15,6 +15,7 @@ import argparse
 import collections
 import dataclasses
 import os
+import statistics
 import tempfile
 
 from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
@@ -37,6 +38,9 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=600)
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps per stage")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="training seeds (initialisation, data order, hybrid targets); the table shows the mean, "
+                         "the standard deviation and every seed: one run swings by 10 points")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_learning_")
@@ -47,9 +51,9 @@ def main() -> None:
     base = TrainConfig(max_steps=args.steps, batch_size=8, log_every=0, val_samples=0,
                        optim=OptimConfig(lr=args.lr, warmup_steps=10))
 
-    def stage(name: str, feats: str, init: str = "", **kw) -> str:
-        out = os.path.join(work, name)
-        cfg = dataclasses.replace(base, features=feats, output=out, init=init, **kw)
+    def stage(name: str, feats: str, seed: int, init: str = "", **kw) -> str:
+        out = os.path.join(work, f"{name}_seed{seed}")
+        cfg = dataclasses.replace(base, features=feats, output=out, init=init, seed=seed, **kw)
         run_training(cfg, log=lambda m: None)
         return out
 
@@ -58,28 +62,29 @@ def main() -> None:
         cfg = dataclasses.replace(base, drop_modalities=list(drop), val_samples=len(test_rows))
         return validate(model, test_rows, cfg)["val_label_accuracy"]
 
-    s1 = stage("stage1", coarse)
-    s2 = stage("stage2", clean, init=s1, train_split="train")
-    s1_nofusion = stage("stage1_nofusion", coarse, model_overrides=["fusion=none"])
-    s2_nofusion = stage("stage2_nofusion", clean, init=s1_nofusion)
-    s1_noaudio = stage("stage1_noaudio", coarse, drop_modalities=["audio"])
-    s2_noaudio = stage("stage2_noaudio", clean, init=s1_noaudio, drop_modalities=["audio"])
-    s1_novideo = stage("stage1_novideo", coarse, drop_modalities=["video"])
-    s2_novideo = stage("stage2_novideo", clean, init=s1_novideo, drop_modalities=["video"])
+    def trained(seed: int) -> list[float]:
+        s1 = stage("stage1", coarse, seed)
+        s2 = stage("stage2", clean, seed, init=s1, train_split="train")
+        s1_noaudio = stage("stage1_noaudio", coarse, seed, drop_modalities=["audio"])
+        s2_noaudio = stage("stage2_noaudio", clean, seed, init=s1_noaudio, drop_modalities=["audio"])
+        s1_novideo = stage("stage1_novideo", coarse, seed, drop_modalities=["video"])
+        s2_novideo = stage("stage2_novideo", clean, seed, init=s1_novideo, drop_modalities=["video"])
+        s1_nofusion = stage("stage1_nofusion", coarse, seed, model_overrides=["fusion=none"])
+        s2_nofusion = stage("stage2_nofusion", clean, seed, init=s1_nofusion)
+        return [accuracy(s1), accuracy(s2), accuracy(s2_noaudio, ("audio",)), accuracy(s2_novideo, ("video",)),
+                accuracy(s2_nofusion)]
 
     gold = collections.Counter(r["labels"][0] for r in test_rows)
-    rows = [
-        ("chance (uniform over 6 emotions)", 1 / len(EMOTIONS)),
-        ("majority class", gold.most_common(1)[0][1] / len(test_rows)),
-        ("stage 1 only (coarse)", accuracy(s1)),
-        ("stage 1 + 2", accuracy(s2)),
-        ("stage 1 + 2, audio removed", accuracy(s2_noaudio, ("audio",))),
-        ("stage 1 + 2, video removed", accuracy(s2_novideo, ("video",))),
-        ("stage 1 + 2, pre-fusion removed", accuracy(s2_nofusion)),
-    ]
-    print(f"held-out synthetic clips: {len(test_rows)}; {args.steps} steps per stage, batch 8, lr {args.lr}")
-    for name, acc in rows:
-        print(f"{name:<36}{acc:>8.1%}")
+    names = ["stage 1 only (coarse)", "stage 1 + 2", "stage 1 + 2, audio removed", "stage 1 + 2, video removed",
+             "stage 1 + 2, pre-fusion removed"]
+    per_seed = list(zip(*(trained(seed) for seed in range(args.seeds)), strict=True))
+    print(f"held-out synthetic clips: {len(test_rows)}; {args.steps} steps per stage, batch 8, lr {args.lr}, "
+          f"seeds 0..{args.seeds - 1}")
+    print(f"{'chance (uniform over 6 emotions)':<36}{1 / len(EMOTIONS):>8.1%}")
+    print(f"{'majority class':<36}{gold.most_common(1)[0][1] / len(test_rows):>8.1%}")
+    for name, accs in zip(names, per_seed, strict=True):
+        print(f"{name:<36}{statistics.mean(accs):>8.1%} +- {statistics.pstdev(accs):.1%}   "
+              + " ".join(f"{a:.1%}" for a in accs))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import random
 import subprocess
 import tempfile
 
+import torch
+
 from ray_emer.config import to_dict
 from ray_emer.data.features import read_features
 from ray_emer.model.affectgpt import AffectGPT
@@ -82,6 +84,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     train_rows, val_rows = feature_rows(table, cfg.train_split), feature_rows(table, cfg.val_split)
     if not train_rows:
         raise ValueError(f"{cfg.features}: no usable rows for split {cfg.train_split!r}")
+    torch.manual_seed(cfg.seed)  # head and LoRA initialisation, as the Ray workers do
     model = build_model(cfg)
     steps = total_steps(len(train_rows), cfg)
     tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, cfg.run_name or None)

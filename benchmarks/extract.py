@@ -60,10 +60,11 @@ def _ray_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
-def cpu_by_role(before: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds each role used since ``before`` (processes started since count in full)."""
+def cpu_by_role(before: dict[int, tuple[str, float]], seen: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each role used since ``before`` (processes started since count in full); ``seen``
+    holds the last sample of processes that may have exited since (idle workers do)."""
     roles = dict.fromkeys(("decode tasks", "encoder actors", "driver", "Ray services"), 0.0)
-    for pid, (role, cpu) in _ray_cpu().items():
+    for pid, (role, cpu) in {**seen, **_ray_cpu()}.items():
         roles[role] += cpu - before.get(pid, (role, 0.0))[1]
     return roles
 
@@ -127,11 +128,12 @@ def main() -> None:
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     pipe_cfg = ExtractConfig(output=os.path.join(work, "ray"), **base)
     shutil.rmtree(pipe_cfg.output, ignore_errors=True)
-    rss, stop = [], threading.Event()
+    rss, stop, seen = [], threading.Event(), {}
 
     def sample():
         while not stop.is_set():
             rss.append((time.perf_counter(), _rss_mb()))
+            seen.update(_ray_cpu())
             time.sleep(0.5)
 
     marks: list[tuple[float, int]] = []
@@ -160,7 +162,7 @@ def main() -> None:
     mid = next((m for t, m in rss if t >= (t_first + t_last) / 2), rss[-1][1])
     print(f"RSS driver+workers: first batch {first:.0f} MB, middle {mid:.0f} MB, end {rss[-1][1]:.0f} MB, "
           f"peak {max(m for _, m in rss):.0f} MB over {total} clips")
-    roles = cpu_by_role(cpu_before)
+    roles = cpu_by_role(cpu_before, seen)
     n = max(summary["processed"], 1)
     print(f"CPU budget of the Ray run ({sum(roles.values()):.1f} CPU-s for {args.cpus} cores x {wall:.1f} s), "
           "per clip: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in roles.items())

@@ -1,6 +1,6 @@
 """Learning check on the synthetic archive: two stages and modality ablations, one table.
 
-    python benchmarks/learning.py --clips 600 --steps 600 --seeds 3
+    python benchmarks/learning.py            # 600 clips, 600 steps per stage, 3 seeds, ~20 min
 
 Extracts features (sequential, tiny encoders) for a coarse archive (stage 1, noisy
 labels and clues) and a clean one (stage 2 + held-out test split), trains the tiny
@@ -20,6 +20,7 @@ import tempfile
 
 from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
 from ray_emer.model.checkpoint import load_checkpoint
+from ray_emer.model.config import TrainableConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, write_archive
 from ray_emer.train.loop import OptimConfig, TrainConfig, feature_rows, validate
 from ray_emer.train.run import run_training
@@ -36,11 +37,14 @@ def features(work: str, name: str, synth: SynthConfig) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per stage")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps per stage")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seeds", type=int, default=3,
                     help="training seeds (initialisation, data order, hybrid targets); the table shows the mean, "
                          "the standard deviation and every seed: one run swings by 10 points")
+    ap.add_argument("--llm", choices=["lora", "full"], default="full",
+                    help="how the LLM trains. The tiny LLM is random, not pretrained, so LoRA on its frozen base "
+                         "learns little (3 seeds: stage 1+2 at 36%%, no ablation distinguishable); full: 74%%")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_learning_")
@@ -49,7 +53,8 @@ def main() -> None:
     clean = features(work, "clean", SynthConfig(clips=args.clips, seed=22, split_fractions=[0.6, 0.1, 0.3]))
     test_rows = feature_rows(read_features(clean), "test")
     base = TrainConfig(max_steps=args.steps, batch_size=8, log_every=0, val_samples=0,
-                       optim=OptimConfig(lr=args.lr, warmup_steps=10))
+                       optim=OptimConfig(lr=args.lr, warmup_steps=10),
+                       trainable=TrainableConfig(llm=args.llm))
 
     def stage(name: str, feats: str, seed: int, init: str = "", **kw) -> str:
         out = os.path.join(work, f"{name}_seed{seed}")

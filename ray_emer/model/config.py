@@ -119,8 +119,8 @@ def _tiny() -> AffectGPTConfig:
             audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
                               # 3 conv layers (strides 20*4*4 = 320 samples per frame, as HuBERT's 7).
                               # Coarser frames (1280 samples) with 2 layers cost 1.3 instead of 7.3 ms
-                              # per clip, but the tiny model then learned worse than without audio
-                              # (benchmarks/learning.py: 33.5% vs 44.9%), so the tower stays as is
+                              # per clip; one learning run with them did worse than without audio, but
+                              # one run swings by ~10 points, so that is untested either way: kept as is
                               conv_dim=[8] * 3, conv_kernel=[20, 4, 4], conv_stride=[20, 4, 4],
                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
         ),

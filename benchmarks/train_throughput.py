@@ -21,6 +21,7 @@ step; no machine here holds the 7B model, so it is composed rather than timed wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import tempfile
@@ -41,7 +42,7 @@ from ray_emer.data.features import (
 )
 from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
-from ray_emer.model.config import get_preset
+from ray_emer.model.config import AffectGPTConfig, get_preset, resolve_model_config
 from ray_emer.synthetic import SynthConfig, write_archive
 from ray_emer.train.loop import OptimConfig, collate, feature_rows, make_optimizer, stack_batch
 
@@ -52,6 +53,19 @@ def step(model, opt, batch, rng) -> float:
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def real_encoders_preset(directory: str, name: str) -> tuple[str, AffectGPTConfig]:
+    """The tiny preset with the published CLIP ViT-L/14 + HuBERT-large (random init: compute does not depend on
+    the weights) and their feature sizes, written as a preset directory; returns it and the config."""
+    real = get_preset("affectgpt-qwen2.5-7b")
+    cfg = get_preset("tiny")
+    cfg.preset, cfg.encoders = name, real.encoders
+    cfg.video_dim, cfg.audio_dim, cfg.fusion_dim = real.video_dim, real.audio_dim, real.fusion_dim
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as fh:
+        fh.write(cfg.to_json())
+    return directory, cfg
 
 
 def timed_steps(model, opt, make, steps, rng) -> float:
@@ -66,8 +80,7 @@ def timed_steps(model, opt, make, steps, rng) -> float:
 def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
     """The published-size step composed from measured parts (see the module docstring)."""
     real = get_preset("affectgpt-qwen2.5-7b")
-    enc_dir = os.path.join(work, "real_encoders")
-    os.makedirs(enc_dir, exist_ok=True)
+    enc_dir, base = real_encoders_preset(os.path.join(work, "real_encoders"), "real-encoders")
     rng, pick = random.Random(0), random.Random(1)
     chunk = [rows[i] for i in pick.sample(range(len(rows)), args.batch_size)]
 
@@ -80,10 +93,9 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
 
     per_step = {}
     for layers in (1, 2):
-        cfg = get_preset("tiny")  # the tiny tokenizer: its ids fit the 7B vocabulary, nothing to download
-        cfg.preset = f"qwen2.5-7b-shaped-{layers}-layer"
-        cfg.encoders, cfg.lora, cfg.image_branch = real.encoders, real.lora, False
-        cfg.video_dim, cfg.audio_dim, cfg.fusion_dim = real.video_dim, real.audio_dim, real.fusion_dim
+        # the tiny tokenizer: its ids fit the 7B vocabulary, nothing to download
+        cfg = dataclasses.replace(base, preset=f"qwen2.5-7b-shaped-{layers}-layer", lora=real.lora,
+                                  image_branch=False)
         cfg.llm_config = dict(real.llm_config, num_hidden_layers=layers)
         torch.manual_seed(0)
         model = AffectGPT.build(cfg)
@@ -95,10 +107,6 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
     layer = per_step[2] - per_step[1]
     n_layers = int(real.llm_config["num_hidden_layers"])
     llm = per_step[1] - layer + n_layers * layer
-    cfg = get_preset("tiny")
-    cfg.encoders, cfg.video_dim, cfg.audio_dim = real.encoders, real.video_dim, real.audio_dim
-    with open(os.path.join(enc_dir, "config.json"), "w") as fh:
-        fh.write(cfg.to_json())
     encoder = FeatureEncoder(enc_dir, media)
     t0 = time.perf_counter()
     decoded = stack_rows([decode_row(records[r["clip_id"]], media) for r in chunk])
@@ -136,25 +144,14 @@ def main() -> None:
     manifest = write_archive(os.path.join(work, "archive"), SynthConfig(clips=args.clips, seed=3))
     preset = args.preset
     if args.real_encoders:
-        preset = os.path.join(work, "tiny_llm_real_encoders")
-        os.makedirs(preset, exist_ok=True)
-        cfg = get_preset("tiny")
-        real = get_preset("affectgpt-qwen2.5-7b")
-        cfg.preset, cfg.encoders = "tiny-llm+real-encoders", real.encoders
-        cfg.video_dim, cfg.audio_dim, cfg.fusion_dim = real.video_dim, real.audio_dim, real.fusion_dim
-        with open(os.path.join(preset, "config.json"), "w") as fh:
-            fh.write(cfg.to_json())
+        preset, _ = real_encoders_preset(os.path.join(work, "tiny_llm_real_encoders"), "tiny-llm+real-encoders")
     ecfg = ExtractConfig(input=manifest, output=os.path.join(work, "features"), preset=preset, progress=False)
     if not os.path.isdir(ecfg.output):
         extract_sequential(ecfg)
     rows = feature_rows(read_features(ecfg.output), "")
     records = {r["clip_id"]: r for r in read_manifest(manifest).to_pylist()}
-    import dataclasses
-
     media = dataclasses.replace(effective_media(ecfg), frame_size=args.published_frame_size)
     encoder = FeatureEncoder(preset, media)
-
-    from ray_emer.model.config import resolve_model_config
 
     torch.manual_seed(0)
     model = AffectGPT.build(resolve_model_config(preset))
@@ -174,11 +171,7 @@ def main() -> None:
 
     results = {}
     for name, make in (("cached", stack_batch), ("published", published_batch)):
-        step(model, opt, make(sample()), rng)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(model, opt, make(sample()), rng)
-        results[name] = args.steps * args.batch_size / (time.perf_counter() - t0)
+        results[name] = args.batch_size / timed_steps(model, opt, lambda make=make: make(sample()), args.steps, rng)
         print(f"{name:>10}: {results[name]:.1f} samples/s ({args.steps} steps, batch {args.batch_size}, "
               f"model {model.cfg.preset}, {torch.get_num_threads()} threads)")
     print(f"ratio cached / published: {results['cached'] / results['published']:.1f}x")

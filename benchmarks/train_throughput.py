@@ -44,11 +44,11 @@ from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import AffectGPTConfig, get_preset, resolve_model_config
 from ray_emer.synthetic import SynthConfig, write_archive
-from ray_emer.train.loop import OptimConfig, collate, feature_rows, make_optimizer, stack_batch
+from ray_emer.train.loop import OptimConfig, feature_rows, make_optimizer, stack_batch
 
 
 def step(model, opt, batch, rng) -> float:
-    loss = model(collate(batch, model, rng)).loss
+    loss = model(model.processor.from_rows(batch, rng=rng)).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -101,8 +101,8 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
         model = AffectGPT.build(cfg)
         opt, _ = make_optimizer(model, OptimConfig(lr=1e-5), args.steps + 1)
         per_step[layers] = timed_steps(model, opt, real_batch, args.steps, rng)
-        mb = collate(real_batch(), model, random.Random(0))
-        tokens = sum(len(model.tokenizer(p + t).input_ids) for p, t in zip(mb.prompts, mb.targets, strict=True))
+        mb = model.processor.from_rows(real_batch(), rng=random.Random(0))
+        tokens = int(mb.attention_mask.sum())
         del model, opt
     layer = per_step[2] - per_step[1]
     n_layers = int(real.llm_config["num_hidden_layers"])

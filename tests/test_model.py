@@ -59,7 +59,8 @@ def test_forward_backward_reaches_head_and_lora_only(model):
 
 def test_loss_covers_answer_tokens_only(model):
     b = batch(model)
-    emb, mask, labels = model._assemble(b, with_targets=True, left_pad=False)
+    labels = b.labels
+    assert b.attention_mask[:, 0].all()  # training batches pad on the right
     tok = model.tokenizer
     for i in range(len(b)):
         answer = tok(b.targets[i], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -78,8 +79,9 @@ def test_placeholder_mismatch_names_both_numbers(model):
     b.has_audio = [False, True]  # the first prompt still has fused + audio placeholders
     with pytest.raises(ValueError, match=r"2 fused placeholder token\(s\) in the prompts but 1 fused feature row"):
         model(b)
-    b = batch(model)
-    b.prompts[1] = b.prompts[1].replace("<VideoHere>", "<VideoHere> <VideoHere>")
+    b = batch(model, targets=False)
+    first_text = int(b.attention_mask[1].argmax()) + 1  # a text token of sample 1 becomes a video placeholder
+    b.input_ids[1, first_text] = model.processor.placeholder_ids["video"]
     with pytest.raises(ValueError, match=r"3 video placeholder token\(s\) in the prompts but 2 video feature row"):
         model.generate(b, max_new_tokens=2)
 
@@ -95,8 +97,9 @@ def test_missing_modalities_adapt_the_prompt(model):
     assert "seen" not in b.prompts[2] and "heard" not in b.prompts[3]
     texts = model.generate(b, max_new_tokens=4)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
-    b.targets = ["calm"] * 4
-    assert torch.isfinite(model(b).loss)
+    trained = model.make_batch(v, a, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
+                               [True, False, True, False], targets=["calm"] * 4)
+    assert torch.isfinite(model(trained).loss)
     # a missing modality's feature rows do not influence the answer
     emb = model.prompt_embeddings(b)[3]
     b2 = model.make_batch(v * 10, a * 10, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
@@ -144,7 +147,8 @@ def test_save_load_gives_identical_logits(tmp_path, llm):
     loaded = load_checkpoint(str(tmp_path / "ck"))
     assert loaded.cfg == m.cfg
     assert torch.equal(_logits(m, b), _logits(loaded, b))
-    assert loaded.generate(b, max_new_tokens=5) == m.generate(b, max_new_tokens=5)
+    g = batch(m, targets=False)
+    assert loaded.generate(g, max_new_tokens=5) == m.generate(g, max_new_tokens=5)
 
 
 def test_merged_export_and_unsafe_files(tmp_path):

@@ -21,7 +21,6 @@ from ray_emer.train.loop import (
     OptimConfig,
     TrainConfig,
     batches,
-    collate,
     feature_rows,
     lr_lambda,
     param_groups,
@@ -56,10 +55,10 @@ def test_collate_builds_prompts_targets_and_drops_modalities(synth_features):
     model = AffectGPT.build(get_preset("tiny"))
     rows = feature_rows(read_features(str(synth_features)), "train")
     batch = next(batches(rows, 4, random.Random(0)))
-    mb = collate(batch, model, random.Random(0))
+    mb = model.processor.from_rows(batch)
     assert len(mb) == 4 and mb.video_feats.shape == (4, 8, 48) and len(mb.targets) == 4
     assert all(t.startswith("The character's emotional state is") or t.startswith("In the video") for t in mb.targets)
-    dropped = collate(batch, model, random.Random(0), "ov_labels", drop=("audio",))
+    dropped = model.processor.from_rows(batch, "ov_labels", drop=("audio",))
     assert not any(dropped.has_audio) and all("<AudioHere>" not in p for p in dropped.prompts)
     assert torch.isfinite(model(dropped).loss)
 
@@ -77,7 +76,7 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path)
     model = load_checkpoint(str(out))
     rows = feature_rows(read_features(str(synth_features)), "val")
     batch = next(batches(rows, 4, random.Random(0), shuffle=False))
-    texts = model.generate(collate(batch, model, random.Random(0), "ov_labels", with_targets=False),
+    texts = model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False),
                            max_new_tokens=12)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
     import mlflow

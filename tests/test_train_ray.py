@@ -11,7 +11,7 @@ from conftest import synthetic_features
 from ray_emer.data.features import read_features
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.synthetic import SynthConfig
-from ray_emer.train.loop import OptimConfig, TrainConfig, batches, collate, feature_rows
+from ray_emer.train.loop import OptimConfig, TrainConfig, batches, feature_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -48,7 +48,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     model = load_checkpoint(str(tmp_path / "export"))
     rows = feature_rows(read_features(str(features)), "val")
     batch = next(batches(rows, 2, random.Random(0), shuffle=False))
-    texts = model.generate(collate(batch, model, random.Random(0), "ov_labels", with_targets=False), max_new_tokens=6)
+    texts = model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False), max_new_tokens=6)
     assert len(texts) == 2
 
     # MLflow (rank 0 only): params, per-step metrics, validation, artifacts

@@ -1,10 +1,13 @@
 """``AffectGPT``: the trainable head plus the LLM (optionally LoRA-wrapped), on feature rows.
 
-It never sees pixels: a ``MultimodalBatch`` carries cached features, the flags saying
-which modalities exist, prompt texts with placeholders (from ``PromptBuilder``) and,
-for training, target texts. The same object serves training (``forward`` -> loss on
-answer tokens only), labelling (``generate`` through HF ``inputs_embeds``) and external
-engines (``prompt_embeddings`` -> ``[L, H]`` per sample for vLLM's prompt embeds).
+It never sees pixels or text: a ``MultimodalBatch`` (built by ``AffectGPTProcessor``,
+the one place prompts become token ids) carries token ids with placeholder tokens, the
+cached features and the flags saying which modalities exist, plus loss labels for
+training. The same object serves training (``forward`` -> loss on answer tokens only),
+labelling (``generate`` through HF ``inputs_embeds``) and external engines
+(``prompt_embeddings`` -> ``[L, H]`` per sample for vLLM's prompt embeds).
+``PromptEmbedder`` is the part that builds prompt embeddings (head + the LLM's input
+embedding table) without the decoder, for engines that hold the LLM themselves.
 """
 
 from __future__ import annotations
@@ -17,29 +20,10 @@ from torch import nn
 
 from ray_emer.model.config import AffectGPTConfig, LoRASettings, TrainableConfig
 from ray_emer.model.head import MultimodalHead
-from ray_emer.model.prompts import Modalities, PromptBuilder
+from ray_emer.model.processing import IGNORE, AffectGPTProcessor, MultimodalBatch
 from ray_emer.model.tokenizer import build_tokenizer
 
-IGNORE = -100
-
-
-@dataclasses.dataclass
-class MultimodalBatch:
-    video_feats: torch.Tensor  # [B, T, Dv] (rows of a missing modality are ignored)
-    audio_feats: torch.Tensor  # [B, T, Da]
-    has_video: list[bool]
-    has_audio: list[bool]
-    prompts: list[str]  # rendered prompt texts, placeholders included
-    targets: list[str] | None = None
-    image_feats: torch.Tensor | None = None  # [B, Dv]
-    has_image: list[bool] | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def modalities(self, i: int) -> Modalities:
-        return Modalities(self.has_video[i], self.has_audio[i], bool(self.has_image and self.has_image[i]))
-
+__all__ = ["IGNORE", "AffectGPT", "MultimodalBatch", "PromptEmbedder", "build_llm"]
 
 def build_llm(cfg: AffectGPTConfig, vocab_size: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -84,16 +68,53 @@ def parameter_table(named_parameters) -> dict[str, dict[str, int]]:
     return rows
 
 
+def token_rows(head: MultimodalHead, batch: MultimodalBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per modality, the head's tokens for the samples that have it: ``{kind: [N_kind, H]}``."""
+    tokens = head(batch.video_feats.to(device), batch.audio_feats.to(device))
+    present = {"video": list(batch.has_video), "audio": list(batch.has_audio),
+               "fused": [v and a for v, a in zip(batch.has_video, batch.has_audio, strict=True)]}
+    rows = {k: tokens[k][torch.tensor(present[k], device=device, dtype=torch.bool)] for k in tokens}
+    if batch.image_feats is not None and batch.has_image is not None:
+        mask = torch.tensor(batch.has_image, device=device, dtype=torch.bool)
+        rows["image"] = head.image(batch.image_feats.to(device))[mask]
+    return rows
+
+
+def splice(embed: nn.Module, ids: torch.Tensor, rows: dict[str, torch.Tensor], placeholder_ids: dict[str, int],
+           pad_id: int) -> torch.Tensor:
+    """Text embeddings ``[B, L, H]`` with each placeholder position replaced by its modality row.
+
+    Fails with both numbers when the placeholders in the token ids and the feature rows disagree (rule 5).
+    """
+    masks = {k: ids == tid for k, tid in placeholder_ids.items()}
+    for kind, m in masks.items():
+        n_slots, n_rows = int(m.sum()), int(rows[kind].shape[0]) if kind in rows else 0
+        if n_slots != n_rows:
+            raise ValueError(f"{n_slots} {kind} placeholder token(s) in the prompts but {n_rows} {kind} "
+                             f"feature row(s) in the batch")
+    any_slot = torch.stack(list(masks.values())).any(0)
+    emb = embed(ids.masked_fill(any_slot, pad_id))
+    for kind, m in masks.items():
+        if kind in rows and rows[kind].shape[0]:
+            emb = emb.masked_scatter(m.unsqueeze(-1), rows[kind].to(emb.dtype))
+    return emb
+
+
+def unpadded(emb: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """``[B, L, H]`` + mask -> per sample ``[L_i, H]`` without padding (either side)."""
+    return [emb[i][mask[i].bool()] for i in range(emb.shape[0])]
+
+
 class AffectGPT(nn.Module):
     def __init__(self, cfg: AffectGPTConfig, llm: nn.Module, tokenizer, head: MultimodalHead | None = None) -> None:
         super().__init__()
         self.cfg, self.llm, self.tokenizer = cfg, llm, tokenizer
         self.head = head if head is not None else MultimodalHead(cfg)
-        self.prompts = PromptBuilder(cfg.prompts, fusion=cfg.fusion != "none", tokenizer=tokenizer)
-        ids = tokenizer.convert_tokens_to_ids
-        p = cfg.prompts
-        self.placeholder_ids = {"fused": ids(p.fused_token), "audio": ids(p.audio_token),
-                                "video": ids(p.video_token), "image": ids(p.image_token)}
+        self.processor = AffectGPTProcessor(cfg, tokenizer)
+
+    @property
+    def prompts(self):
+        return self.processor.prompts
 
     @classmethod
     def build(cls, cfg: AffectGPTConfig, dtype: torch.dtype = torch.float32, tokenizer=None) -> AffectGPT:
@@ -129,74 +150,19 @@ class AffectGPT(nn.Module):
     def device(self) -> torch.device:
         return self.head.video_proj.weight.device
 
-    def _embed_layer(self) -> nn.Module:
-        return self.llm.get_input_embeddings()
-
-    def _token_rows(self, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
-        """Per modality, the head's tokens for the samples that have it: ``{kind: [N_kind, H]}``."""
-        dev = self.device
-        tokens = self.head(batch.video_feats.to(dev), batch.audio_feats.to(dev))
-        present = {"video": list(batch.has_video), "audio": list(batch.has_audio),
-                   "fused": [v and a for v, a in zip(batch.has_video, batch.has_audio, strict=True)]}
-        rows = {k: tokens[k][torch.tensor(present[k], device=dev, dtype=torch.bool)] for k in tokens}
-        if batch.image_feats is not None and batch.has_image is not None:
-            mask = torch.tensor(batch.has_image, device=dev, dtype=torch.bool)
-            rows["image"] = self.head.image(batch.image_feats.to(dev))[mask]
-        return rows
-
-    def _tokenize(self, batch: MultimodalBatch, with_targets: bool) -> tuple[list[list[int]], list[int]]:
-        """Token ids per sample and the length of each prompt part (targets follow it)."""
-        tok, max_len = self.tokenizer, self.cfg.prompts.max_length
-        seqs, prompt_lens = [], []
-        for i, prompt in enumerate(batch.prompts):
-            ids = tok(prompt, add_special_tokens=False)["input_ids"]
-            if len(ids) > max_len:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens, more than max_length={max_len}")
-            prompt_lens.append(len(ids))
-            if with_targets:
-                if batch.targets is None:
-                    raise ValueError("training needs batch.targets")
-                ids = (ids + tok(batch.targets[i], add_special_tokens=False)["input_ids"]
-                       + [tok.eos_token_id])[:max_len]
-            seqs.append(ids)
-        return seqs, prompt_lens
-
-    def _assemble(self, batch: MultimodalBatch, with_targets: bool, left_pad: bool):
-        """-> ``inputs_embeds [B, L, H]``, ``attention_mask [B, L]``, ``labels [B, L]`` or None."""
-        seqs, prompt_lens = self._tokenize(batch, with_targets)
-        width, pad = max(map(len, seqs)), self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, IGNORE)
-        for i, (seq, n_prompt) in enumerate(zip(seqs, prompt_lens, strict=True)):
-            start = width - len(seq) if left_pad else 0
-            ids[i, start:start + len(seq)] = torch.tensor(seq)
-            mask[i, start:start + len(seq)] = 1
-            labels[i, start + n_prompt:start + len(seq)] = torch.tensor(seq[n_prompt:], dtype=torch.long)
-        ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
-        emb = self._splice(ids, self._token_rows(batch))
-        return emb, mask, labels if with_targets else None
-
-    def _splice(self, ids: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Text embeddings with each placeholder position replaced by its modality row."""
-        masks = {k: ids == tid for k, tid in self.placeholder_ids.items()}
-        for kind, m in masks.items():
-            n_slots, n_rows = int(m.sum()), int(rows[kind].shape[0]) if kind in rows else 0
-            if n_slots != n_rows:
-                raise ValueError(f"{n_slots} {kind} placeholder token(s) in the prompts but {n_rows} {kind} "
-                                 f"feature row(s) in the batch")
-        any_slot = torch.stack(list(masks.values())).any(0)
-        emb = self._embed_layer()(ids.masked_fill(any_slot, self.tokenizer.pad_token_id))
-        for kind, m in masks.items():
-            if kind in rows and rows[kind].shape[0]:
-                emb = emb.masked_scatter(m.unsqueeze(-1), rows[kind].to(emb.dtype))
-        return emb
+    def embed(self, batch: MultimodalBatch) -> torch.Tensor:
+        """``inputs_embeds [B, L, H]``: token embeddings with the head's rows at the placeholders."""
+        rows = token_rows(self.head, batch, self.device)
+        return splice(self.llm.get_input_embeddings(), batch.input_ids.to(self.device), rows,
+                      self.processor.placeholder_ids, self.tokenizer.pad_token_id)
 
     # ------------------------------------------------------------ public API
     def forward(self, batch: MultimodalBatch):
         """Causal-LM output whose ``loss`` covers the answer tokens (and end-of-answer) only."""
-        emb, mask, labels = self._assemble(batch, with_targets=True, left_pad=False)
-        return self.llm(inputs_embeds=emb, attention_mask=mask, labels=labels)
+        if batch.labels is None:
+            raise ValueError("training needs a batch with targets (processor(..., targets=...))")
+        return self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask.to(self.device),
+                        labels=batch.labels.to(self.device))
 
     @contextlib.contextmanager
     def _gathered(self):
@@ -216,30 +182,54 @@ class AffectGPT(nn.Module):
     def prompt_embeddings(self, batch: MultimodalBatch) -> list[torch.Tensor]:
         """Per sample, the full prompt embedding sequence ``[L_i, H]`` (no padding)."""
         with self._gathered():
-            emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=False)
-        return [emb[i, : int(mask[i].sum())] for i in range(len(batch))]
+            return unpadded(self.embed(batch), batch.attention_mask.to(self.device))
 
     @torch.no_grad()
     def generate(self, batch: MultimodalBatch, max_new_tokens: int = 64, do_sample: bool = False,
                  **kwargs) -> list[str]:
         """Decode answers through HF ``generate(inputs_embeds=...)`` (left padded, greedy by default)."""
+        if not batch.left_padded:
+            raise ValueError("generation needs a left-padded batch (the processor pads left without targets)")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         kwargs.setdefault("synced_gpus", distributed and torch.distributed.get_world_size() > 1)
         with self._gathered():
-            emb, mask, _ = self._assemble(batch, with_targets=False, left_pad=True)
-            out = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=do_sample, pad_token_id=self.tokenizer.pad_token_id,
+            out = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask.to(self.device),
+                                    max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                    pad_token_id=self.tokenizer.pad_token_id,
                                     eos_token_id=self.tokenizer.eos_token_id, **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def make_batch(self, video_feats, audio_feats, subtitles: list[str | None], tasks: list[str],
                    has_video: list[bool] | None = None, has_audio: list[bool] | None = None,
                    targets: list[str] | None = None) -> MultimodalBatch:
-        """Build prompts for feature rows with the model's own prompt builder."""
-        b = len(subtitles)
-        has_video = list(has_video) if has_video is not None else [True] * b
-        has_audio = list(has_audio) if has_audio is not None else [True] * b
-        prompts = [self.prompts.prompt(subtitles[i], tasks[i], Modalities(has_video[i], has_audio[i]))
-                   for i in range(b)]
-        return MultimodalBatch(torch.as_tensor(video_feats), torch.as_tensor(audio_feats), has_video, has_audio,
-                               prompts, targets)
+        """Build a batch for feature rows with the model's own processor."""
+        return self.processor(video_feats, audio_feats, subtitles, tasks, has_video, has_audio, targets)
+
+    def prompt_embedder(self) -> PromptEmbedder:
+        """A detached copy of the parts that build prompt embeddings (head + input embedding table)."""
+        import copy
+
+        embed = self.llm.get_input_embeddings()
+        table = nn.Embedding.from_pretrained(embed.weight.detach().clone(), freeze=True)
+        return PromptEmbedder(copy.deepcopy(self.head).requires_grad_(False), table, self.processor)
+
+
+class PromptEmbedder(nn.Module):
+    """Prompt embeddings without the decoder: for engines (vLLM) that hold the LLM in their own memory."""
+
+    def __init__(self, head: MultimodalHead, embed: nn.Embedding, processor: AffectGPTProcessor) -> None:
+        super().__init__()
+        self.head, self.embed_tokens, self.processor = head, embed, processor
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embed_tokens.weight.shape[1])
+
+    @torch.no_grad()
+    def forward(self, batch: MultimodalBatch) -> list[torch.Tensor]:
+        """Per sample ``[L_i, H]``, equal to ``AffectGPT.prompt_embeddings`` of the same batch."""
+        dev = self.embed_tokens.weight.device
+        rows = token_rows(self.head, batch, dev)
+        emb = splice(self.embed_tokens, batch.input_ids.to(dev), rows, self.processor.placeholder_ids,
+                     self.processor.tokenizer.pad_token_id)
+        return unpadded(emb, batch.attention_mask.to(dev))

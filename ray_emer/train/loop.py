@@ -5,7 +5,7 @@ batches per epoch (numpy dicts, as ``read_features`` or a Ray Data shard yields 
 a ``Tracker`` and a rank, so the same code runs in a unit test, in one process, and in
 every Ray Train worker.
 
-Per step: prompts + hybrid targets from the model's prompt builder, loss on answer
+Per step: prompts + hybrid targets from the model's processor, loss on answer
 tokens, gradient accumulation, clipping, AdamW (weight decay on matrices only),
 warmup + cosine or constant lr; bf16 autocast on CUDA, fp32 on CPU. Periodic
 validation reports the loss and label accuracy by generation.
@@ -23,9 +23,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ray_emer.model.affectgpt import AffectGPT, MultimodalBatch
+from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import TrainableConfig
-from ray_emer.model.prompts import Modalities, PromptBuilder, parse_ov_answer
+from ray_emer.model.processing import label_list
+from ray_emer.model.prompts import parse_ov_answer
 from ray_emer.tracking import NullTracker, Tracker
 
 
@@ -109,29 +110,6 @@ def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool
         yield stack_batch([rows[i] for i in order[start:start + batch_size]])
 
 
-def _labels(value) -> list[str]:
-    if value is None:
-        return []
-    return [str(x) for x in (value.tolist() if isinstance(value, np.ndarray) else value)]
-
-
-def collate(batch: dict, model: AffectGPT, rng: random.Random, task: str = "hybrid",
-            drop: tuple[str, ...] = (), with_targets: bool = True) -> MultimodalBatch:
-    """A columnar feature batch -> ``MultimodalBatch`` with prompts (and hybrid targets)."""
-    n = len(batch["clip_id"])
-    has_video = [bool(v) and "video" not in drop for v in batch["has_video"]]
-    has_audio = [bool(a) and "audio" not in drop for a in batch["has_audio"]]
-    descs = [d if isinstance(d, str) else None for d in batch.get("description", [None] * n)]
-    labels = [_labels(x) for x in batch.get("labels", [None] * n)]
-    tasks = [PromptBuilder.hybrid_task(rng, descs[i], labels[i]) if task == "hybrid" else task for i in range(n)]
-    subs = [s if isinstance(s, str) else None for s in batch.get("subtitle", [None] * n)]
-    prompts = [model.prompts.prompt(subs[i], tasks[i], Modalities(has_video[i], has_audio[i])) for i in range(n)]
-    targets = [PromptBuilder.target(tasks[i], descs[i], labels[i]) for i in range(n)] if with_targets else None
-    return MultimodalBatch(torch.as_tensor(np.asarray(batch["video_feats"], np.float32)),
-                           torch.as_tensor(np.asarray(batch["audio_feats"], np.float32)),
-                           has_video, has_audio, prompts, targets)
-
-
 # ---------------------------------------------------------------- optimisation
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (ndim >= 2), none on biases and norm scales."""
@@ -172,12 +150,13 @@ def validate(model: AffectGPT, rows: list[dict], cfg: TrainConfig, max_samples: 
     losses, hits = [], 0
     for batch in batches(rows, cfg.batch_size, rng, shuffle=False):
         with _autocast(model):
-            losses.append(float(model(collate(batch, model, rng, "ov_labels", drop)).loss))
-            answers = model.generate(collate(batch, model, rng, "ov_labels", drop, with_targets=False),
+            proc = model.processor
+            losses.append(float(model(proc.from_rows(batch, "ov_labels", rng, drop)).loss))
+            answers = model.generate(proc.from_rows(batch, "ov_labels", rng, drop, with_targets=False),
                                      max_new_tokens=cfg.val_max_new_tokens)
         for ans, gold in zip(answers, batch["labels"], strict=True):
             pred = parse_ov_answer(ans)
-            hits += bool(pred) and pred[0] in set(_labels(gold))
+            hits += bool(pred) and pred[0] in set(label_list(gold))
     model.train(was_training)
     return {"val_loss": float(np.mean(losses)), "val_label_accuracy": hits / len(rows), "val_n": len(rows)}
 
@@ -218,7 +197,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
         micro, running = 0, 0.0
         for batch in epoch_batches(state.epoch):
             with _autocast(model):
-                loss = model(collate(batch, model, rng, cfg.task, drop)).loss / accum
+                loss = model(model.processor.from_rows(batch, cfg.task, rng, drop)).loss / accum
             loss.backward()
             running += loss.item()
             micro += 1

@@ -348,6 +348,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from ray_emer.data.label_job import LabelJobConfig
+
+    flags = (("input", args.input), ("output", args.output), ("checkpoint", args.checkpoint),
+             ("labeller.engine", args.engine), ("wheel_dir", args.wheel_dir))
+    overrides = [f"{k}={v}" for k, v in flags if v is not None]
+    if args.evaluate:
+        overrides.append("evaluate=true")
+    cfg = load_config(LabelJobConfig, args.config, overrides + args.overrides)
+    if not cfg.input or not cfg.output or not cfg.checkpoint:
+        raise ConfigError("label needs --input, --output and --checkpoint (or input/output/checkpoint in the config)")
+    from ray_emer.data.label_job import run_label
+    from ray_emer.data.manifest import ManifestError
+    from ray_emer.model.checkpoint import CheckpointError
+    from ray_emer.storage import StorageError
+
+    try:
+        summary = run_label(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ManifestError, StorageError, CheckpointError) as exc:
+        print(f"ray-emer label: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, default=str))
+    return 0
+
+
 def add_model(sub) -> None:
     mp = sub.add_parser("model", help="AffectGPT model tools", description="Inspect AffectGPT presets and checkpoints.")
     ms = mp.add_subparsers(dest="model_command", required=True)
@@ -432,6 +457,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: the configured epochs)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("label", help="label an archive or its features with a checkpoint (Ray Data + HF or vLLM)",
+                       description="Generate a description, open-vocabulary labels and a sentiment for every clip of "
+                                   "INPUT (feature shards from `ray-emer extract`, or an archive, which is extracted "
+                                   "into OUTPUT/features first). Writes OUTPUT/part-*.parquet (clip_id, description, "
+                                   "labels, sentiment, status, error, model, engine, timings), _summary.json, "
+                                   "reason.csv and openset.csv. Error rows keep their reason; a rerun skips clips "
+                                   "already labelled. Prints progress on stderr and a JSON summary on stdout.")
+    p.add_argument("--input", help="feature shards, or a folder / s3:// prefix / manifest of clips")
+    p.add_argument("--checkpoint", help="exported checkpoint directory (ray-emer train --output)")
+    p.add_argument("--output", help="directory or s3:// prefix for the label shards and exports")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="generation engine (default hf; vllm needs the vllm extra)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="score against the gold labels/descriptions of the input; adds scores and OUTPUT/report/")
+    p.add_argument("--wheel-dir", help="with --evaluate: emotion-wheel tables for EW F_s and wheel-grouped metrics")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_label)
 
     add_evaluate(sub)
     add_model(sub)

@@ -112,3 +112,42 @@ def tensor_array(values, shape: tuple[int, ...]) -> pa.ExtensionArray:
 
     arr = np.ascontiguousarray(np.asarray(values, dtype=np.float16).reshape(-1, *shape))
     return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
+
+
+# ---------------------------------------------------------------- label rows
+LABEL_REQUIRED = ("clip_id", "status")
+TIMINGS_TYPE = pa.struct([("prompt_s", pa.float32()), ("generate_s", pa.float32()), ("labels_s", pa.float32()),
+                          ("total_s", pa.float32())])
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("description", pa.string()),  # the generated explanation ("" on error rows)
+        pa.field("labels", pa.list_(pa.string())),  # open-vocabulary emotion labels
+        pa.field("sentiment", pa.string()),  # positive | negative | neutral ("" on error rows)
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error", pa.string()),  # "" when ok, else "<reason>: <detail>" (extraction's reason kept)
+        pa.field("model", pa.string()),  # checkpoint id: <name>@<sha256 of config, head, adapter>
+        pa.field("engine", pa.string()),  # hf | vllm
+        pa.field("timings", TIMINGS_TYPE),  # seconds per clip (a batch's time shared by its clips)
+        pa.field("generated_tokens", pa.int32()),
+    ]
+)
+
+
+@dataclasses.dataclass
+class LabelRow:
+    clip_id: str
+    description: str
+    labels: list[str]
+    sentiment: str
+    status: str
+    error: str
+    model: str
+    engine: str
+    timings: dict
+    generated_tokens: int = 0
+
+
+def label_table(rows: list[dict]) -> pa.Table:
+    """Label row dicts -> a table in ``LABEL_SCHEMA`` (a missing required column fails here)."""
+    return conform(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), LABEL_SCHEMA, LABEL_REQUIRED)

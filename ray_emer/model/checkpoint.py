@@ -124,3 +124,26 @@ def checkpoint_files(uri: str) -> list[str]:
     """Relative paths of the files in a checkpoint directory (for reports and tests)."""
     with _local_dir(uri) as path:
         return sorted(os.path.relpath(p, path) for p in path.rglob("*") if p.is_file())
+
+
+def export_llm(model: AffectGPT, out_dir: str) -> str:
+    """The LLM alone as a plain transformers model directory (LoRA merged) with the tokenizer: what an
+    external engine (vLLM) serves. The head stays outside: it builds the prompt embeddings."""
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    _plain_llm(model, merge_lora=True).save_pretrained(str(path))
+    model.tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def checkpoint_id(uri: str) -> str:
+    """``<name>@<sha256[:12]>`` of the files that define a checkpoint's weights (config, head, adapter):
+    label rows name the exact model that wrote them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in ("config.json", "head.safetensors", "adapter/adapter_model.safetensors"):
+        target = storage.join(uri, rel)
+        if storage.exists(target):
+            digest.update(rel.encode() + storage.read_bytes(target))
+    return f"{storage.basename(uri)}@{digest.hexdigest()[:12]}"

@@ -1,0 +1,254 @@
+"""The labelling job (Ray Data): features (or an archive, extracted first) -> label shards + exports.
+
+Feature shards -> an actor pool (one GPU per actor when the cluster has them, a fraction
+of a CPU otherwise); each actor loads the checkpoint and an engine once, builds prompt
+embeddings itself (no ``[L, H]`` tensors through the object store), labels a batch with
+the plain-Python ``Labeller`` and writes it as one Parquet shard, atomically. The driver
+sees only small per-clip summaries (progress), then writes ``_summary.json``, the
+published layouts (``reason.csv`` = ``name,reason``; ``openset.csv`` =
+``name,openset,sentiment``) and, with ``evaluate``, the scores against the gold.
+
+Nothing lost, nothing twice: every input row (error rows from extraction included)
+becomes one label row; a rerun skips the clip ids already written, so a killed job
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import ray
+
+from ray_emer import storage
+from ray_emer.data.features import ExtractConfig, done_clip_ids, read_features
+from ray_emer.infer.labeller import Labeller, LabellerConfig
+from ray_emer.schema import label_table
+from ray_emer.tracking import make_tracker
+
+FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_audio", "video_feats", "audio_feats"]
+
+
+@dataclasses.dataclass
+class LabelJobConfig:
+    input: str = ""  # feature shards (ray-emer extract output), or an archive: folder, s3:// prefix, manifest
+    output: str = ""  # label shards, _summary.json, reason.csv, openset.csv (+ features/ for an archive input)
+    checkpoint: str = ""  # an exported checkpoint directory (ray-emer train --output)
+    labeller: LabellerConfig = dataclasses.field(default_factory=LabellerConfig)
+    extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # archive input only
+    num_actors: int = 1  # labelling actors (one GPU each when the cluster has GPUs)
+    actor_cpus: float = 1.0  # CPUs per actor without GPUs
+    use_gpu: str = "auto"  # auto | true | false
+    evaluate: bool = False  # score against the gold labels/descriptions the input carries
+    wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
+    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI or no tracking
+    experiment: str = "ray_emer-label"
+    progress: bool = True
+
+
+def is_feature_dir(uri: str) -> bool:
+    """A directory of ``part-*.parquet`` feature shards (what ``ray-emer extract`` writes)."""
+    if uri.lower().endswith((".csv", ".tsv", ".parquet")) or not storage.exists(uri):
+        return False
+    try:
+        files = storage.list_files(uri, suffixes=[".parquet"], recursive=False)
+    except storage.StorageError:
+        return False
+    return any(storage.basename(f).startswith("part-") for f in files)
+
+
+def _part_files(uri: str) -> list[str]:
+    return [f for f in storage.list_files(uri, suffixes=[".parquet"], recursive=False)
+            if storage.basename(f).startswith("part-")]
+
+
+def write_label_shard(rows: list[dict], output: str) -> str:
+    import uuid
+
+    table = label_table(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    uri = storage.join(output, f"part-{rows[0]['clip_id']}-{uuid.uuid4().hex[:8]}.parquet")
+    storage.write_bytes(uri, buf.getvalue())
+    return uri
+
+
+class _LabelAndWrite:
+    """Actor: checkpoint + engine loaded once; each batch -> one label shard; returns small summaries."""
+
+    def __init__(self, checkpoint: str, cfg: LabellerConfig, output: str, model_id: str) -> None:
+        self.labeller = Labeller(checkpoint, cfg, model_id)
+        self.output = output
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = self.labeller.label_batch(batch)
+        write_label_shard(rows, self.output)
+        return {"clip_id": np.array([r["clip_id"] for r in rows], dtype=object),
+                "status": np.array([r["status"] for r in rows], dtype=object),
+                "error": np.array([r["error"] for r in rows], dtype=object),
+                "tokens": np.array([r["generated_tokens"] for r in rows], dtype=np.int64)}
+
+
+def _use_gpu(cfg: LabelJobConfig) -> bool:
+    if cfg.use_gpu in ("true", "false"):
+        return cfg.use_gpu == "true"
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
+    """The feature directory to label: the input itself, or the archive extracted into OUTPUT/features."""
+    if is_feature_dir(cfg.input):
+        return cfg.input, None
+    from ray_emer.data.pipeline import run_extract
+
+    out = storage.join(cfg.output, "features")
+    log(f"[label] {cfg.input} is an archive: extracting features into {out} first")
+    ext = dataclasses.replace(cfg.extract, input=cfg.input, output=out, preset=cfg.checkpoint,
+                              progress=cfg.progress, tracking_uri="")
+    return out, run_extract(ext, log=log)
+
+
+def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
+    gpu = _use_gpu(cfg)
+    files = _part_files(features)
+    ds = ray.data.read_parquet(files, columns=FEATURE_COLUMNS)
+    if done:
+        ds = ds.filter(lambda r: r["clip_id"] not in done)
+    ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
+                        batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                        num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
+    counts, tokens, errors = {"ok": 0, "error": 0}, 0, []
+    t0 = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for clip, status, error in zip(batch["clip_id"], batch["status"], batch["error"], strict=True):
+            counts[status] += 1
+            if status != "ok":
+                errors.append(f"{clip}: {error}")
+        tokens += int(batch["tokens"].sum())
+        done_n = counts["ok"] + counts["error"]
+        log(f"[label] {done_n} clips labelled (ok {counts['ok']}, error {counts['error']}), "
+            f"{done_n / max(time.perf_counter() - t0, 1e-9):.2f} clips/s")
+    return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu}
+
+
+def read_labels(output: str) -> pd.DataFrame:
+    """Every label row under ``output`` (one per clip id; the first written wins), as a DataFrame."""
+    import pyarrow.dataset as pads
+
+    files = _part_files(output)
+    if not files:
+        raise storage.StorageError(f"{output}: no part-*.parquet label shards")
+    fs, _ = storage.arrow_filesystem(output)
+    df = pads.dataset([storage.arrow_filesystem(f)[1] for f in files], format="parquet",
+                      filesystem=fs).to_table().to_pandas()
+    return df.drop_duplicates("clip_id", keep="first").reset_index(drop=True)
+
+
+def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
+    """The published layouts of the ok rows: ``reason.csv`` (name,reason) and ``openset.csv``
+    (name,openset,sentiment), which ``ray-emer evaluate`` reads as they are."""
+    ok = labels[labels["status"] == "ok"]
+    reason = pd.DataFrame({"name": ok["clip_id"], "reason": ok["description"]})
+    openset = pd.DataFrame({"name": ok["clip_id"], "openset": [", ".join(list(ls)) for ls in ok["labels"]],
+                            "sentiment": ok["sentiment"]})
+    paths = {"reason": storage.join(output, "reason.csv"), "openset": storage.join(output, "openset.csv")}
+    storage.write_text(paths["reason"], reason.to_csv(index=False))
+    storage.write_text(paths["openset"], openset.to_csv(index=False))
+    return paths
+
+
+def _ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS / a running cluster / `ray job submit`'s, else starts a local one
+
+
+def run_label(cfg: LabelJobConfig, log=None) -> dict:
+    """Label every clip of ``cfg.input`` not yet labelled under ``cfg.output``; returns the summary."""
+    from ray_emer.model.checkpoint import checkpoint_id
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if not cfg.input or not cfg.output or not cfg.checkpoint:
+        raise ValueError("label needs input, output and checkpoint")
+    if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
+        raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
+    _ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    t0 = time.perf_counter()
+    features, extract_summary = _features(cfg, log)
+    ids = read_features(features, columns=["clip_id"]).column("clip_id").to_pylist()
+    done = done_clip_ids(cfg.output) & set(ids)
+    todo = len(ids) - len(done)
+    model_id = checkpoint_id(cfg.checkpoint)
+    log(f"[label] {len(ids)} clips in {features}; {len(done)} already labelled in {cfg.output}; {todo} to do "
+        f"(engine {cfg.labeller.engine}, model {model_id})")
+    t1 = time.perf_counter()
+    run = _run_actors(cfg, features, done, model_id, log) if todo else \
+        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False}
+    label_s = time.perf_counter() - t1
+    labels = read_labels(cfg.output)
+    labels = labels[labels["clip_id"].isin(set(ids))]
+    exports = write_exports(labels, cfg.output)
+    summary = {"input": cfg.input, "features": features, "output": cfg.output, "checkpoint": cfg.checkpoint,
+               "model": model_id, "engine": cfg.labeller.engine, "clips": len(ids), "processed": todo,
+               "skipped": len(done), "rows": int(len(labels)), "ok": int((labels["status"] == "ok").sum()),
+               "error": int((labels["status"] != "ok").sum()), "wall_s": round(time.perf_counter() - t0, 3),
+               "label_s": round(label_s, 3), "clips_per_s": round(todo / label_s, 3) if todo and label_s else 0.0,
+               "generated_tokens": run["generated_tokens"],
+               "tokens_per_s": round(run["generated_tokens"] / label_s, 1) if todo and label_s else 0.0,
+               "exports": exports, "errors": run["errors"][:50]}
+    if extract_summary is not None:
+        summary["extract"] = {k: extract_summary[k] for k in ("clips", "ok", "error", "wall_s")}
+    if cfg.evaluate:
+        summary["scores"] = evaluate_labels(cfg, features, labels, log)
+    storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2, default=str))
+    _track(cfg, summary)
+    log(f"[label] done: {summary['ok']} ok, {summary['error']} error, {len(done)} skipped; "
+        f"{summary['clips_per_s']} clips/s, {summary['tokens_per_s']} tokens/s -> {cfg.output}")
+    return summary
+
+
+def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, log) -> dict:
+    """Scores of the labelled set against the gold the features carry; a report dir under the output."""
+    from ray_emer.eval.labelled import gold_from_features, score_labels, write_label_report
+
+    gold = gold_from_features(read_features(features, columns=None).drop(["video_feats", "audio_feats"]))
+    wheels = None
+    if cfg.wheel_dir:
+        from ray_emer.eval.wheel import EmotionWheels
+
+        wheels = EmotionWheels.load(cfg.wheel_dir)
+    scores = score_labels(labels, gold, wheels)
+    if scores.get("n_gold", 0) == 0:
+        log("[label] --evaluate: the input carries no gold labels or descriptions; nothing scored")
+        return scores
+    report_dir = storage.join(cfg.output, "report")
+    scores["report"] = write_label_report(scores, report_dir)
+    log(f"[label] scores: accuracy {scores.get('accuracy', 0):.3f} on {scores['n_gold']} gold clips; "
+        f"report in {report_dir}")
+    return scores
+
+
+def _track(cfg: LabelJobConfig, summary: dict) -> None:
+    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, run_name="label")
+    try:
+        tracker.log_params(dataclasses.asdict(cfg))
+        tracker.log_metrics({k: summary[k] for k in ("clips", "processed", "skipped", "ok", "error", "wall_s",
+                                                     "clips_per_s", "tokens_per_s", "generated_tokens")})
+        scores = summary.get("scores") or {}
+        tracker.log_metrics({k: v for k, v in scores.items() if isinstance(v, (int, float))})
+        for name in ("json", "markdown", "png"):
+            path = (scores.get("report") or {}).get(name)
+            if path and os.path.exists(path):
+                tracker.log_artifact(path)
+        local = [p for p in summary["exports"].values() if not storage.is_remote(p)]
+        for path in local:
+            tracker.log_artifact(path)
+    finally:
+        tracker.close()

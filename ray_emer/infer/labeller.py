@@ -1,0 +1,167 @@
+"""The labeller (plain Python, no Ray): checkpoint + engine + feature rows -> label rows.
+
+Per clip: the description from the reasoning prompt; the labels from the model's own
+open-vocabulary prompt (``labels_from: model``) or extracted from the description
+(``lexicon`` with the emotion-wheel vocabulary, or ``llm`` with a text LLM); the
+sentiment from the labels. Prompt embeddings are built next to the engine (the
+processor + the head), never shipped between processes.
+
+Nothing is lost: a row that failed extraction stays an error row with its reason; when
+the engine fails on a batch, its clips are retried one by one and only the clip that
+fails becomes an error row (``engine_failed: ...``). Rows in == rows out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ray_emer.infer.engine import GenerationConfig
+from ray_emer.infer.vllm_engine import VLLMSettings
+from ray_emer.model.prompts import parse_ov_answer
+
+
+@dataclasses.dataclass
+class LabellerConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    labels_from: Literal["model", "lexicon", "llm"] = "model"  # the model's OV prompt, or from the description
+    wheel_dir: str = ""  # lexicon: the emotion-wheel tables (wheel1..5, synonym, format)
+    extractor_model: str = ""  # llm: a text LLM (name or local path) run with the HF engine
+    description_tokens: int = 160  # max new tokens of a description
+    label_tokens: int = 32  # max new tokens of the OV-labels answer
+    batch_size: int = 16  # clips per engine call
+    device: str = "auto"  # auto: cuda when present, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    vllm: VLLMSettings = dataclasses.field(default_factory=VLLMSettings)
+
+
+def _device(cfg: LabellerConfig) -> str:
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dtype(cfg: LabellerConfig, device: str) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"engine_failed: {type(exc).__name__}: {str(exc)[:300]}"
+
+
+class Labeller:
+    def __init__(self, checkpoint: str, cfg: LabellerConfig | None = None, model_id: str | None = None) -> None:
+        from ray_emer.model.checkpoint import checkpoint_id, load_checkpoint
+
+        self.cfg = cfg or LabellerConfig()
+        device = _device(self.cfg)
+        model = load_checkpoint(checkpoint, dtype=_dtype(self.cfg, device), device=device).eval()
+        self.model_id = model_id or checkpoint_id(checkpoint)
+        self.processor = model.processor
+        gen = GenerationConfig(batch_size=self.cfg.batch_size)
+        if self.cfg.engine == "hf":
+            from ray_emer.infer.engine import HFEngine
+
+            self.embed, self.engine = model.prompt_embeddings, HFEngine(model.llm, model.tokenizer, gen)
+        elif self.cfg.engine == "vllm":
+            from ray_emer.infer.vllm_engine import VLLMEngine
+            from ray_emer.model.checkpoint import export_llm
+
+            self._engine_dir = tempfile.TemporaryDirectory(prefix="ray_emer-engine-")
+            export_llm(model, self._engine_dir.name)  # LoRA merged: the engine serves a plain model
+            self.embed = model.prompt_embedder()  # head + embedding table; the decoder lives in vLLM only
+            del model
+            self.engine = VLLMEngine(self._engine_dir.name, gen, self.cfg.vllm)
+        else:
+            raise ValueError(f"unknown engine {self.cfg.engine!r}; known: hf, vllm")
+        self.extractor = self._extractor()
+
+    def _extractor(self):
+        from ray_emer.eval.extract import LexiconExtractor, LLMExtractor
+
+        if self.cfg.labels_from == "lexicon":
+            if not self.cfg.wheel_dir:
+                raise ValueError("labels_from: lexicon needs wheel_dir (the emotion-wheel tables)")
+            from ray_emer.eval.wheel import EmotionWheels
+
+            return LexiconExtractor(EmotionWheels.load(self.cfg.wheel_dir))
+        if self.cfg.labels_from == "llm":
+            if not self.cfg.extractor_model:
+                raise ValueError("labels_from: llm needs extractor_model (a text LLM name or local path)")
+            from ray_emer.infer.engine import HFEngine
+
+            return LLMExtractor(HFEngine.from_pretrained(self.cfg.extractor_model))
+        if self.cfg.labels_from != "model":
+            raise ValueError(f"unknown labels_from {self.cfg.labels_from!r}; known: model, lexicon, llm")
+        return None
+
+    # ------------------------------------------------------------ rows
+    def _row(self, clip_id: str, status: str = "ok", error: str = "", description: str = "",
+             labels: list[str] | None = None, timings: dict | None = None, tokens: int = 0) -> dict:
+        from ray_emer.eval.extract import lexicon_sentiment
+
+        labels = labels or []
+        return {"clip_id": clip_id, "description": description if status == "ok" else "", "labels": labels,
+                "sentiment": lexicon_sentiment(labels) if status == "ok" else "", "status": status, "error": error,
+                "model": self.model_id, "engine": self.engine.name,
+                "timings": timings or {"prompt_s": 0.0, "generate_s": 0.0, "labels_s": 0.0, "total_s": 0.0},
+                "generated_tokens": tokens}
+
+    def _generate(self, batch: dict, task: str, max_new_tokens: int):
+        mb = self.processor.from_rows(batch, task, with_targets=False)
+        t0 = time.perf_counter()
+        embeds = self.embed(mb)
+        t1 = time.perf_counter()
+        gens = self.engine.generate_embeds(embeds, max_new_tokens)
+        return gens, t1 - t0, time.perf_counter() - t1
+
+    def _label(self, batch: dict) -> list[dict]:
+        """Feature rows that decoded -> label rows (raises when the engine fails)."""
+        t0 = time.perf_counter()
+        desc, prompt_s, gen_s = self._generate(batch, "description", self.cfg.description_tokens)
+        t1 = time.perf_counter()
+        tokens = [g.num_tokens for g in desc]
+        if self.extractor is None:
+            answers, p2, g2 = self._generate(batch, "ov_labels", self.cfg.label_tokens)
+            prompt_s, gen_s = prompt_s + p2, gen_s + g2
+            labels = [parse_ov_answer(a.text) for a in answers]
+            tokens = [t + a.num_tokens for t, a in zip(tokens, answers, strict=True)]
+        else:
+            labels = self.extractor.extract([g.text for g in desc])
+        n, total = len(desc), time.perf_counter() - t0
+        labels_s = total - (t1 - t0) if self.extractor is not None else 0.0
+        timings = {"prompt_s": prompt_s / n, "generate_s": gen_s / n, "labels_s": labels_s / n, "total_s": total / n}
+        return [self._row(str(batch["clip_id"][i]), description=desc[i].text, labels=labels[i], timings=timings,
+                          tokens=tokens[i]) for i in range(n)]
+
+    def label_batch(self, batch: dict) -> list[dict]:
+        """A columnar feature batch (as ``read_features`` / Ray Data yield it) -> one label row per input row."""
+        n = len(batch["clip_id"])
+        status = [str(s) for s in batch["status"]]
+        rows: list[dict | None] = [None] * n
+        for i in range(n):
+            if status[i] != "ok":
+                rows[i] = self._row(str(batch["clip_id"][i]), "error", str(batch["error"][i] or "error"))
+        ok = [i for i in range(n) if status[i] == "ok"]
+        if ok:
+            for i, row in zip(ok, self._label_safely({k: np.asarray(v)[ok] for k, v in batch.items()}), strict=True):
+                rows[i] = row
+        return rows  # type: ignore[return-value]
+
+    def _label_safely(self, batch: dict) -> list[dict]:
+        try:
+            return self._label(batch)
+        except Exception:  # noqa: BLE001 - find the clip that breaks the batch, keep the rest
+            out = []
+            for j in range(len(batch["clip_id"])):
+                one = {k: v[j:j + 1] for k, v in batch.items()}
+                try:
+                    out.extend(self._label(one))
+                except Exception as exc:  # noqa: BLE001 - one clip's failure is its own error row
+                    out.append(self._row(str(one["clip_id"][0]), "error", _error_text(exc)))
+            return out

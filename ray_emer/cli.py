@@ -461,16 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="label an archive or its features with a checkpoint (Ray Data + HF or vLLM)",
                        description="Generate a description, open-vocabulary labels and a sentiment for every clip of "
                                    "INPUT (feature shards from `ray-emer extract`, or an archive, which is extracted "
-                                   "into OUTPUT/features first). Writes OUTPUT/part-*.parquet (clip_id, description, "
+                                   "into OUTPUT/_features first). Writes OUTPUT/part-*.parquet (clip_id, description, "
                                    "labels, sentiment, status, error, model, engine, timings), _summary.json, "
-                                   "reason.csv and openset.csv. Error rows keep their reason; a rerun skips clips "
+                                   "_published/reason.csv and _published/openset.csv. Error rows keep their reason; a rerun skips clips "
                                    "already labelled. Prints progress on stderr and a JSON summary on stdout.")
     p.add_argument("--input", help="feature shards, or a folder / s3:// prefix / manifest of clips")
     p.add_argument("--checkpoint", help="exported checkpoint directory (ray-emer train --output)")
     p.add_argument("--output", help="directory or s3:// prefix for the label shards and exports")
     p.add_argument("--engine", choices=["hf", "vllm"], help="generation engine (default hf; vllm needs the vllm extra)")
     p.add_argument("--evaluate", action="store_true",
-                   help="score against the gold labels/descriptions of the input; adds scores and OUTPUT/report/")
+                   help="score against the gold labels/descriptions of the input; adds scores and OUTPUT/_report/")
     p.add_argument("--wheel-dir", help="with --evaluate: emotion-wheel tables for EW F_s and wheel-grouped metrics")
     _add_config_flags(p)
     p.set_defaults(func=cmd_label)

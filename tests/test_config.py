@@ -5,6 +5,7 @@ import pytest
 
 from ray_emer.config import ConfigError, from_dict, load_config, parse_override, to_dict
 from ray_emer.data.features import ExtractConfig
+from ray_emer.data.label_job import LabelJobConfig
 from ray_emer.quickstart import QuickstartConfig
 from ray_emer.train.loop import TrainConfig
 
@@ -66,7 +67,8 @@ def test_from_dict_bool_is_not_int():
 
 
 CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig, "extract_features.yaml": ExtractConfig,
-                  "stage1_coarse.yaml": TrainConfig, "stage2_fine.yaml": TrainConfig}
+                  "stage1_coarse.yaml": TrainConfig, "stage2_fine.yaml": TrainConfig,
+                  "label_archive.yaml": LabelJobConfig}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -5,8 +5,10 @@ of a CPU otherwise); each actor loads the checkpoint and an engine once, builds 
 embeddings itself (no ``[L, H]`` tensors through the object store), labels a batch with
 the plain-Python ``Labeller`` and writes it as one Parquet shard, atomically. The driver
 sees only small per-clip summaries (progress), then writes ``_summary.json``, the
-published layouts (``reason.csv`` = ``name,reason``; ``openset.csv`` =
-``name,openset,sentiment``) and, with ``evaluate``, the scores against the gold.
+published layouts (``_published/reason.csv`` = ``name,reason``; ``_published/openset.csv``
+= ``name,openset,sentiment``) and, with ``evaluate``, the scores against the gold and a
+report (``_report/``). An archive input is extracted into ``_features/`` first. Names
+starting with ``_`` keep ``pyarrow.dataset(OUTPUT)`` to the label shards alone.
 
 Nothing lost, nothing twice: every input row (error rows from extraction included)
 becomes one label row; a rerun skips the clip ids already written, so a killed job
@@ -39,7 +41,7 @@ FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_a
 @dataclasses.dataclass
 class LabelJobConfig:
     input: str = ""  # feature shards (ray-emer extract output), or an archive: folder, s3:// prefix, manifest
-    output: str = ""  # label shards, _summary.json, reason.csv, openset.csv (+ features/ for an archive input)
+    output: str = ""  # label shards, _summary.json, _published/{reason,openset}.csv, _report/, _features/ (archive)
     checkpoint: str = ""  # an exported checkpoint directory (ray-emer train --output)
     labeller: LabellerConfig = dataclasses.field(default_factory=LabellerConfig)
     extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # archive input only
@@ -108,7 +110,7 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
         return cfg.input, None
     from ray_emer.data.pipeline import run_extract
 
-    out = storage.join(cfg.output, "features")
+    out = storage.join(cfg.output, "_features")
     log(f"[label] {cfg.input} is an archive: extracting features into {out} first")
     ext = dataclasses.replace(cfg.extract, input=cfg.input, output=out, preset=cfg.checkpoint,
                               progress=cfg.progress, tracking_uri="")
@@ -117,8 +119,9 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
 
 def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
     gpu = _use_gpu(cfg)
-    files = _part_files(features)
-    ds = ray.data.read_parquet(files, columns=FEATURE_COLUMNS)
+    fs, _ = storage.arrow_filesystem(features)
+    files = [storage.arrow_filesystem(f)[1] for f in _part_files(features)]
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
     ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
@@ -158,7 +161,8 @@ def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
     reason = pd.DataFrame({"name": ok["clip_id"], "reason": ok["description"]})
     openset = pd.DataFrame({"name": ok["clip_id"], "openset": [", ".join(list(ls)) for ls in ok["labels"]],
                             "sentiment": ok["sentiment"]})
-    paths = {"reason": storage.join(output, "reason.csv"), "openset": storage.join(output, "openset.csv")}
+    paths = {"reason": storage.join(output, "_published", "reason.csv"),
+             "openset": storage.join(output, "_published", "openset.csv")}
     storage.write_text(paths["reason"], reason.to_csv(index=False))
     storage.write_text(paths["openset"], openset.to_csv(index=False))
     return paths
@@ -228,7 +232,7 @@ def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, lo
     if scores.get("n_gold", 0) == 0:
         log("[label] --evaluate: the input carries no gold labels or descriptions; nothing scored")
         return scores
-    report_dir = storage.join(cfg.output, "report")
+    report_dir = storage.join(cfg.output, "_report")
     scores["report"] = write_label_report(scores, report_dir)
     log(f"[label] scores: accuracy {scores.get('accuracy', 0):.3f} on {scores['n_gold']} gold clips; "
         f"report in {report_dir}")

@@ -210,6 +210,19 @@ def feature_arrays(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).combine_chunks().to_numpy_ndarray()
 
 
+def feature_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    """Every row of a feature table as one columnar numpy batch (what a Ray Data batch looks like):
+    ``video_feats``/``audio_feats`` as ``[N, T, D]`` arrays, other columns as object arrays."""
+    out = {c: feature_arrays(table, c) for c in ("video_feats", "audio_feats")}
+    rest = table.drop(["video_feats", "audio_feats"])
+    for name in rest.column_names:
+        values = rest.column(name).to_pylist()
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        out[name] = arr
+    return out
+
+
 def pending_records(cfg: ExtractConfig) -> tuple[list[dict], int, int]:
     """Manifest records still to extract, the manifest size, and how many were already written."""
     from ray_emer.data.manifest import read_manifest

@@ -30,11 +30,11 @@ from ray_emer.infer.engine import EngineError, GenerationConfig, Generation, che
 @dataclasses.dataclass
 class VLLMSettings:
     dtype: str = "auto"  # auto: bfloat16 on GPUs, float32 on CPU (exact agreement with HF there)
-    gpu_memory_utilization: float = 0.85  # on the CPU backend: the share of *CPU* memory it reserves
+    gpu_memory_utilization: float = 0.85  # GPUs: the share of GPU memory vLLM may take
+    kv_cache_mb: int = 0  # >0: a fixed KV cache (skips the memory-share check); 0: 512 on CPU, the share on GPUs
     max_model_len: int = 2048  # prompt + answer tokens
     max_num_seqs: int = 64
-    enforce_eager: bool = False
-    cpu_kvcache_gb: int = 1  # CPU backend only (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = False  # CPU always runs eager
     seed: int = 0
 
 
@@ -45,25 +45,34 @@ def resolve_dtype(name: str) -> str:
 
 
 class VLLMEngine:
+    """vLLM's offline ``LLM`` over a model directory. The engine core runs in its own process (vLLM's
+    default): after a failure it answers every call with an error instead of hanging (the in-process
+    mode hangs on the next call), and ``generate_embeds`` then starts a fresh engine once."""
+
     name = "vllm"
 
     def __init__(self, model_dir: str, cfg: GenerationConfig | None = None,
                  settings: VLLMSettings | None = None) -> None:
-        self.cfg, self.settings = cfg or GenerationConfig(), settings or VLLMSettings()
+        self.cfg, self.settings, self.model_dir = cfg or GenerationConfig(), settings or VLLMSettings(), model_dir
         conf = json.loads((Path(model_dir) / "config.json").read_text())
         self.hidden_size = int(conf["hidden_size"])
-        dtype = resolve_dtype(self.settings.dtype)
-        self.dtype = getattr(torch, dtype)
-        if not torch.cuda.is_available():
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_gb))
+        self.dtype = getattr(torch, resolve_dtype(self.settings.dtype))
+        self.llm = self._start()
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _start(self):
+        # vLLM logs to stdout by default; a job's stdout carries its JSON summary, so vLLM logs go to stderr
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from vllm import LLM
 
-        self.llm = LLM(model=model_dir, tokenizer=model_dir, enable_prompt_embeds=True, dtype=dtype,
-                       gpu_memory_utilization=self.settings.gpu_memory_utilization,
-                       max_model_len=self.settings.max_model_len, max_num_seqs=self.settings.max_num_seqs,
-                       enforce_eager=self.settings.enforce_eager, seed=self.settings.seed,
-                       generation_config="vllm")  # never the model's defaults (penalties crash prompt embeds)
-        self.tokenizer = self.llm.get_tokenizer()
+        s, gpu = self.settings, torch.cuda.is_available()
+        kv_mb = s.kv_cache_mb or (0 if gpu else 512)
+        memory = {"kv_cache_memory_bytes": kv_mb * 2**20} if kv_mb else {"gpu_memory_utilization": s.gpu_memory_utilization}
+        return LLM(model=self.model_dir, tokenizer=self.model_dir, enable_prompt_embeds=True,
+                   dtype=resolve_dtype(s.dtype), max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
+                   enforce_eager=s.enforce_eager or not gpu, seed=s.seed,
+                   generation_config="vllm",  # never the model's defaults: penalties crash prompt embeds
+                   **memory)
 
     def sampling_params(self, max_new_tokens: int | None = None):
         from vllm import SamplingParams
@@ -84,8 +93,13 @@ class VLLMEngine:
         if too_long:
             raise EngineError(f"prompt(s) {too_long[:5]} plus the answer exceed max_model_len="
                               f"{self.settings.max_model_len}")
-        outs = self.llm.generate([{"prompt_embeds": e} for e in embeds], self.sampling_params(max_new_tokens),
-                                 use_tqdm=False)
+        try:
+            outs = self.llm.generate([{"prompt_embeds": e} for e in embeds], self.sampling_params(max_new_tokens),
+                                     use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001 - a dead engine stays dead: start a fresh one for what follows
+            if type(exc).__name__ == "EngineDeadError":
+                self.llm = self._start()
+            raise EngineError(f"vLLM failed on a batch of {len(embeds)}: {type(exc).__name__}: {exc}") from exc
         stop = self._stop_ids()
         result = []
         for o in outs:

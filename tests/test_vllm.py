@@ -105,6 +105,8 @@ def test_hf_and_vllm_agree_on_prompt_embeddings(vllm_python, vllm_case):
     assert "expects [L, 128]" in res["wrong_hidden"]
     assert res["after_wrong_hidden"] == [vl[0]]  # the engine survives: the check runs before vLLM sees it
     assert res["vllm_dtype"] == "torch.float32"
+    # neutral penalties, greedy; the model's generation_config (repetition_penalty 1.5) is not the engine's default
+    assert res["sampling"] == [1.0, 0.0, 0.0, 0.0] and res["engine_default_repetition_penalty"] == 1.0
 
 
 @pytest.mark.timeout(1800)

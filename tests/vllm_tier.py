@@ -43,6 +43,10 @@ def main(checkpoint: str, features: str, out: str) -> None:
                 result["wrong_hidden"] = str(exc)
             result["after_wrong_hidden"] = [g.token_ids for g in lab.engine.generate_embeds(lab.embed(mb)[:1], 24)]
             result["vllm_dtype"] = str(lab.engine.dtype)
+            sp = lab.engine.sampling_params()  # what every request carries
+            result["sampling"] = [sp.repetition_penalty, sp.presence_penalty, sp.frequency_penalty, sp.temperature]
+            # what vLLM would default to from the model's generation_config (the checkpoint ships a penalty)
+            result["engine_default_repetition_penalty"] = lab.engine.llm.get_default_sampling_params().repetition_penalty
     with open(out, "w") as fh:
         json.dump(result, fh)
 

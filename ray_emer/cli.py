@@ -463,8 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "INPUT (feature shards from `ray-emer extract`, or an archive, which is extracted "
                                    "into OUTPUT/_features first). Writes OUTPUT/part-*.parquet (clip_id, description, "
                                    "labels, sentiment, status, error, model, engine, timings), _summary.json, "
-                                   "_published/reason.csv and _published/openset.csv. Error rows keep their reason; a rerun skips clips "
-                                   "already labelled. Prints progress on stderr and a JSON summary on stdout.")
+                                   "_published/reason.csv and _published/openset.csv. Error rows keep their reason; "
+                                   "a rerun skips clips already labelled. Prints progress on stderr and a JSON "
+                                   "summary on stdout.")
     p.add_argument("--input", help="feature shards, or a folder / s3:// prefix / manifest of clips")
     p.add_argument("--checkpoint", help="exported checkpoint directory (ray-emer train --output)")
     p.add_argument("--output", help="directory or s3:// prefix for the label shards and exports")

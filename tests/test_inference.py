@@ -165,3 +165,60 @@ def test_labels_from_the_description_with_the_lexicon(model, tmp_path, reference
     assert "angry" not in rows[1]["labels"]
     with pytest.raises(ValueError, match="wheel_dir"):
         Labeller(str(tmp_path / "ck"), LabellerConfig(labels_from="lexicon"))
+
+
+# ---------------------------------------------------------------- scores of a labelled set
+def test_label_scores_match_the_benchmark_metrics_on_published_ovmerd(reference_dir):
+    """Label rows built from the published OV-MERD example predictions score as `evaluate unibench --kind ov`
+    and `evaluate emer --wheel-dir` score the same files."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from ray_emer.data.manifest import parse_label_list
+    from ray_emer.eval.labelled import gold_from_features, score_labels
+    from ray_emer.eval.metrics import emer_wheel_metrics
+    from ray_emer.eval.unibench import score_files
+    from ray_emer.eval.wheel import EmotionWheels
+
+    d = reference_dir / "ovmerd"
+    gt_path, pred_path = d / "ovmerd332_gt_openset_labels_mer2024_check.csv", \
+        d / "ovmerd332_example_predicted_openset_mer2024.csv"
+    wheels = EmotionWheels.load(reference_dir / "emotion_wheel")
+    gt, pred = pd.read_csv(gt_path), pd.read_csv(pred_path)
+    features = pa.table({"clip_id": gt["name"], "labels": [parse_label_list(x) for x in gt["openset"]],
+                         "description": [""] * len(gt)})
+    labels = pd.DataFrame({"clip_id": pred["name"], "status": "ok", "labels": [parse_label_list(x) for x in pred["openset"]],
+                           "sentiment": "neutral", "description": ""})
+    scores = score_labels(labels, gold_from_features(features), wheels)
+    ov = score_files("ov", str(pred_path), str(gt_path), wheels)
+    assert scores["ov"]["score"] == pytest.approx(ov["score"], abs=1e-12) and 0.3 < ov["score"] < 0.9
+    assert scores["ov"]["precision"] == pytest.approx(ov["precision"], abs=1e-12)
+    gold_sets = {n: [x.lower() for x in parse_label_list(v)] for n, v in zip(gt["name"], gt["openset"], strict=True)}
+    pred_sets = {n: [x.lower() for x in parse_label_list(v)] for n, v in zip(pred["name"], pred["openset"], strict=True)}
+    assert scores["emer"] == pytest.approx(emer_wheel_metrics(gold_sets, pred_sets, wheels))
+    assert scores["n_gold_labels"] == len(gt) and scores["emer_grouping"] == "wheel"
+    # an error row counts as an empty prediction: scores can only fall
+    worse = labels.copy()
+    worse.loc[worse.index[:50], "status"] = "error"
+    lower = score_labels(worse, gold_from_features(features), wheels)
+    assert lower["ov"]["score"] < scores["ov"]["score"] and lower["n_error"] == 50
+
+
+def test_label_scores_without_a_wheel_use_exact_labels():
+    import pandas as pd
+    import pyarrow as pa
+
+    from ray_emer.eval.labelled import gold_from_features, score_labels
+
+    features = pa.table({"clip_id": ["a", "b", "c", "d"], "labels": [["happy", "joyful"], ["sad"], ["angry"], None],
+                         "description": ["d1", "d2", "d3", ""], "emotion": ["happy", "sad", "angry", None]})
+    labels = pd.DataFrame({"clip_id": ["a", "b", "c", "d"], "status": ["ok", "ok", "error", "ok"],
+                           "labels": [["joyful", "happy"], ["angry", "sad"], [], ["calm"]],
+                           "sentiment": ["positive", "negative", "", "neutral"], "description": ["d1", "x", "", "y"]})
+    s = score_labels(labels, gold_from_features(features))
+    assert s["n_gold"] == 3 and s["n_gold_labels"] == 3 and s["n_error"] == 1  # d carries no gold
+    assert s["accuracy"] == pytest.approx(1 / 3) and s["hit_rate"] == pytest.approx(2 / 3)
+    assert s["emer"]["accuracy_s"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert s["emer"]["recall_s"] == pytest.approx((1 + 1 + 0) / 3)
+    assert s["per_emotion"]["sad"] == {"n": 1, "correct": 0, "accuracy": 0.0}
+    assert s["text"]["n"] == 3

@@ -212,8 +212,12 @@ def test_s3_in_and_out(ray_local, trained, s3_bucket):
 
 
 def test_cli_label_extracts_an_archive_first(ray_local, trained, tmp_path, capsys):
+    """An archive with good and broken clips: extraction first, then one label row per clip with reasons."""
     archive = tmp_path / "archive"
     write_archive(str(archive), SynthConfig(clips=4, seed=40))
+    (archive / "clips" / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    with open(archive / "manifest.csv", "a") as fh:
+        fh.write("broken,clips/broken.mp4,,,,,,,,,\n")
     out = tmp_path / "labels"
     rc = main(["label", "--input", str(archive / "manifest.csv"), "--checkpoint", trained["checkpoint"],
                "--output", str(out), "--set", "progress=false", "--set", "actor_cpus=0.5",
@@ -221,10 +225,13 @@ def test_cli_label_extracts_an_archive_first(ray_local, trained, tmp_path, capsy
     cap = capsys.readouterr()
     assert rc == 0, cap.err[-2000:]
     summary = json.loads(cap.out.strip().splitlines()[-1])
-    assert summary["rows"] == summary["ok"] == 4 and summary["extract"]["ok"] == 4
-    assert summary["features"] == str(out / "_features") and read_features(str(out / "_features")).num_rows == 4
-    assert pads.dataset(str(out), format="parquet").count_rows() == 4  # the label shards alone
-    assert "[label] 4 clips labelled" in cap.err and "extracting features" in cap.err
+    assert summary["rows"] == 5 and summary["ok"] == 4 and summary["error"] == 1 and summary["extract"]["ok"] == 4
+    assert summary["features"] == str(out / "_features") and read_features(str(out / "_features")).num_rows == 5
+    table = pads.dataset(str(out), format="parquet").to_table()  # the label shards alone
+    assert table.num_rows == 5
+    broken = [r for r in table.to_pylist() if r["clip_id"] == "broken"][0]
+    assert broken["status"] == "error" and broken["error"].startswith("not_a_media_file:")
+    assert "[label] 5 clips labelled" in cap.err and "extracting features" in cap.err
     assert main(["label", "--input", str(out / "_features"), "--checkpoint", str(tmp_path / "nope"),
                  "--output", str(tmp_path / "x")]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err

@@ -141,6 +141,8 @@ def test_cli_extract_prints_progress_and_summary(ray_local, synth_archive, tmp_p
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["clips"] == 12 and summary["ok"] == 12
     assert "[extract] 12/12 clips" in cap.err
+    assert "manifest.csv: reading the clips through it" in cap.err  # the folder's labels are kept
+    assert all(read_features(str(tmp_path / "f"), columns=["clip_id", "labels"]).column("labels").to_pylist())
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")

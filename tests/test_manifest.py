@@ -88,3 +88,10 @@ def test_s3_folder_manifest(s3_bucket, synth_archive):
     rows = read_manifest(s3_bucket + "/arch").to_pylist()
     assert rows == [{"clip_id": "x", "video_uri": s3_bucket + "/arch/x.mp4", "audio_uri": None,
                      "subtitle": "words", "description": None, "labels": None, "split": None}]
+
+
+def test_folder_holding_a_manifest_is_read_through_it(synth_archive):
+    """`ray-emer synth` writes clips/ + manifest.csv: the folder keeps its subtitles, descriptions and labels."""
+    rows = read_manifest(str(synth_archive)).to_pylist()
+    assert len(rows) == 12 and all(r["labels"] and r["description"] and r["split"] for r in rows)
+    assert rows == read_manifest(str(synth_archive / "manifest.csv")).to_pylist()

@@ -120,3 +120,30 @@ def test_mlflow_tracking_does_not_leak_into_the_environment(tmp_path, monkeypatc
     tracker.close()
     assert "MLFLOW_TRACKING_URI" not in os.environ  # mlflow.set_tracking_uri exports it; we put it back
     assert isinstance(make_tracker(None, "leak-check"), NullTracker)
+
+
+def test_no_usable_rows_fails_at_once_with_the_counts(synth_features, tmp_path, capsys):
+    """Features without targets (a folder of videos, no manifest): training stops before it starts."""
+    import pyarrow.parquet as pq
+
+    table = read_features(str(synth_features))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    import pyarrow as pa
+
+    for col in ("description", "labels"):  # what extraction writes for a folder of videos without a manifest
+        table = table.set_column(table.column_names.index(col), col, pa.nulls(table.num_rows, table.schema.field(col).type))
+    pq.write_table(table, bare / "part-0.parquet")
+    rc = main(["train", "--features", str(bare), "--output", str(tmp_path / "out"), "--set", "engine=local",
+               "--set", "train_split="])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no usable training rows: {table.num_rows} rows, {table.num_rows} ok" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_epoch_without_batches_is_an_error_not_a_spin():
+    from ray_emer.train.loop import train
+
+    model = AffectGPT.build(get_preset("tiny"))
+    with pytest.raises(ValueError, match="epoch 0 yielded no batch; 0 of 5 steps done"):
+        train(model, lambda epoch: iter(()), TrainConfig(log_every=0), total_steps=5)

@@ -114,11 +114,27 @@ def from_folder(uri: str) -> pa.Table:
     return conform(pa.Table.from_pylist(rows), MANIFEST_SCHEMA, MANIFEST_REQUIRED)
 
 
+MANIFEST_NAMES = ("manifest.csv", "manifest.parquet", "manifest.tsv")
+
+
+def folder_manifest(uri: str) -> str | None:
+    """The manifest file a folder/prefix holds at its top level (as ``ray-emer synth`` writes), if any."""
+    if uri.lower().endswith((".csv", ".tsv", ".parquet")):
+        return None
+    for name in MANIFEST_NAMES:
+        candidate = storage.join(uri, name)
+        if storage.exists(candidate):
+            return candidate
+    return None
+
+
 def read_manifest(uri: str) -> pa.Table:
-    """Folder/prefix of videos, or a .csv/.tsv/.parquet manifest file."""
+    """A .csv/.tsv/.parquet manifest file; a folder/prefix holding one is read through it (its subtitles,
+    descriptions and labels would be lost otherwise); else every video of the folder/prefix."""
     if uri.lower().endswith((".csv", ".tsv", ".parquet")):
         return from_file(uri)
-    return from_folder(uri)
+    manifest = folder_manifest(uri)
+    return from_file(manifest) if manifest else from_folder(uri)
 
 
 def _name_table(uri: str, value_col: str, out_col: str) -> pd.DataFrame:

@@ -77,6 +77,10 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     _ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg)
+    from ray_emer.data.manifest import folder_manifest
+
+    if folder_manifest(cfg.input):
+        log(f"[extract] {cfg.input} holds {folder_manifest(cfg.input)}: reading the clips through it")
     todo, total, skipped = pending_records(cfg)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {len(todo)} to do")
     counts, errors = {"ok": 0, "error": 0}, []

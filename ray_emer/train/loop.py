@@ -86,6 +86,17 @@ def usable_row(row: dict, split: str) -> bool:
             and (bool(row.get("description")) or (labels is not None and len(labels) > 0)))
 
 
+def require_rows(rows: list[dict], split: str, source: str) -> None:
+    """Fail at once, with the counts, when a stage has nothing to train on (rows = feature rows as dicts)."""
+    if any(usable_row(r, split) for r in rows):
+        return
+    ok = [r for r in rows if r["status"] == "ok"]
+    in_split = [r for r in ok if not split or r.get("split") == split]
+    raise ValueError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(in_split)} in split "
+                     f"{split or '<any>'!r}, 0 of those with a description or labels (extract a manifest that "
+                     f"carries them, or set train_split)")
+
+
 def feature_rows(table, split: str) -> list[dict]:
     """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
     from ray_emer.data.features import feature_arrays
@@ -194,8 +205,9 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     model.train()
     t_log, samples_log = time.perf_counter(), 0
     while state.step < total_steps:
-        micro, running = 0, 0.0
+        micro, running, seen = 0, 0.0, 0
         for batch in epoch_batches(state.epoch):
+            seen += 1
             with _autocast(model):
                 loss = model(model.processor.from_rows(batch, cfg.task, rng, drop)).loss / accum
             loss.backward()
@@ -224,6 +236,8 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
                 on_step(state)
             if state.step >= total_steps:
                 break
+        if not seen:  # an empty epoch would loop forever without a step
+            raise ValueError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
         state.epoch += 1
     return state
 

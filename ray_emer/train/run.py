@@ -22,7 +22,7 @@ from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint, save_checkpoint
 from ray_emer.model.config import resolve_model_config
 from ray_emer.tracking import Tracker, make_tracker
-from ray_emer.train.loop import TrainConfig, batches, feature_rows, total_steps, train, validate
+from ray_emer.train.loop import TrainConfig, batches, feature_rows, require_rows, total_steps, train, validate
 
 
 def git_commit() -> str:
@@ -81,9 +81,9 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if not cfg.features or not cfg.output:
         raise ValueError("training needs features and output")
     table = read_features(cfg.features)
+    require_rows(table.select(["status", "split", "description", "labels"]).to_pylist(), cfg.train_split,
+                 cfg.features)
     train_rows, val_rows = feature_rows(table, cfg.train_split), feature_rows(table, cfg.val_split)
-    if not train_rows:
-        raise ValueError(f"{cfg.features}: no usable rows for split {cfg.train_split!r}")
     torch.manual_seed(cfg.seed)  # head and LoRA initialisation, as the Ray workers do
     model = build_model(cfg)
     steps = total_steps(len(train_rows), cfg)

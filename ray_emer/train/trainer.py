@@ -30,6 +30,7 @@ from ray_emer.train.loop import (
     TrainState,
     feature_rows,
     make_optimizer,
+    require_rows,
     total_steps,
     train,
     usable_row,
@@ -181,6 +182,7 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
         ray.init()
     gpu = _use_gpu(cfg)
     light = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
+    require_rows(light, cfg.train_split, cfg.features)  # before any worker starts: nothing to train fails now
     n_train = sum(usable_row(r, cfg.train_split) for r in light)
     steps = total_steps(n_train, cfg, cfg.workers)
     val_rows = []

@@ -26,8 +26,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_stage1(tmp_path):
-    features = synthetic_features(tmp_path, SynthConfig(clips=40, seed=9, coarse=True))
+@pytest.fixture
+def ray_head():
+    """`ray start --head` on free ports (token auth off for the test); yields the dashboard URL and the env."""
     bindir = Path(sys.executable).parent
     dash, gcs = _port(), _port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -48,15 +49,7 @@ def test_ray_job_submit_stage1(tmp_path):
                 pass
             time.sleep(1)
         time.sleep(3)
-        cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-               sys.executable, "jobs/train.py", "--config", "jobs/configs/stage1_coarse.yaml",
-               "--features", str(features), "--output", str(tmp_path / "stage1"),
-               "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "val_samples=4"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        summary = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
-        assert summary["step"] == 4
-        assert json.loads((tmp_path / "stage1" / "config.json").read_text())["architecture"] == "AffectGPT"
+        yield url, env
     finally:
         head.terminate()
         head.wait(timeout=60)
@@ -65,3 +58,27 @@ def test_ray_job_submit_stage1(tmp_path):
         record = Path("/tmp/ray/ray_current_cluster")
         if record.exists() and record.read_text().strip().endswith(f":{gcs}"):
             record.unlink()
+
+
+def _submit(url: str, env: dict, job: list[str]) -> dict:
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+           sys.executable, *job]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def test_ray_job_submit_stage1_then_label(ray_head, tmp_path):
+    url, env = ray_head
+    features = synthetic_features(tmp_path, SynthConfig(clips=40, seed=9, coarse=True))
+    summary = _submit(url, env, ["jobs/train.py", "--config", "jobs/configs/stage1_coarse.yaml",
+                                 "--features", str(features), "--output", str(tmp_path / "stage1"),
+                                 "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "val_samples=4"])
+    assert summary["step"] == 4
+    assert json.loads((tmp_path / "stage1" / "config.json").read_text())["architecture"] == "AffectGPT"
+    # the labelling job as its YAML's first line submits it
+    labels = _submit(url, env, ["jobs/label_archive.py", "--config", "jobs/configs/label_archive.yaml",
+                                "--input", str(features), "--checkpoint", str(tmp_path / "stage1"),
+                                "--output", str(tmp_path / "labels"), "--set", "labeller.description_tokens=16"])
+    assert labels["rows"] == labels["ok"] == 40 and labels["engine"] == "hf"

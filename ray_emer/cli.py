@@ -373,6 +373,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ray_emer.serve.run import serve_local
+
+    return serve_local(args.checkpoint, port=args.port, max_upload_mb=args.max_upload_mb, host=args.host,
+                       auth=not args.no_auth, engine=args.engine, config=args.config, overrides=args.overrides)
+
+
 def add_model(sub) -> None:
     mp = sub.add_parser("model", help="AffectGPT model tools", description="Inspect AffectGPT presets and checkpoints.")
     ms = mp.add_subparsers(dest="model_command", required=True)
@@ -475,6 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheel-dir", help="with --evaluate: emotion-wheel tables for EW F_s and wheel-grouped metrics")
     _add_config_flags(p)
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("serve", help="run the endpoint locally (embedded Ray + Ray Serve)",
+                       description="Serve CHECKPOINT on http://HOST:PORT: POST /v1/analyze, POST /v1/chat/completions "
+                                   "(OpenAI shape), GET /v1/models, GET /healthz and a demo page at /. A bearer API key "
+                                   "guards every route but /healthz and the page: RAY_EMER_API_KEY, "
+                                   "RAY_EMER_API_KEY_FILE, else one is generated and printed. Stops on SIGINT/SIGTERM.")
+    p.add_argument("--checkpoint", required=True, help="exported checkpoint directory (ray-emer train --output)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 to expose)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="request body limit in MB (413 above)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--no-auth", action="store_true", help="serve without an API key (explicitly unsafe)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_serve)
 
     add_evaluate(sub)
     add_model(sub)

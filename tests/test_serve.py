@@ -1,0 +1,212 @@
+"""The Ray Serve endpoint on the session's local Ray: API contract, auth, limits and bad inputs, SSRF, the
+server-side timeout, overload, the official `openai` client (plain and streaming), the demo page in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from ray_emer.synthetic import encode_clip
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+KEY = "test-key-7f3a"
+LABELLER = {"description_tokens": 24, "label_tokens": 12}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, synth_archive, tmp_path_factory):
+    """Three applications: the default one, one with a tiny server-side timeout, one that admits 1 request."""
+    from ray import serve
+
+    from ray_emer.model.affectgpt import AffectGPT
+    from ray_emer.model.checkpoint import save_checkpoint
+    from ray_emer.model.config import get_preset
+    from ray_emer.serve.app import build_app
+
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    save_checkpoint(AffectGPT.build(get_preset("tiny")), str(root / "ckpt"))
+    port = _port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = {"checkpoint": str(root / "ckpt"), "api_key": KEY, "labeller": LABELLER, "max_upload_mb": 1.0,
+            "max_duration_s": 5.0, "allow_prefixes": [str(synth_archive)], "allow_hosts": ["localhost"]}
+    serve.run(build_app(base), name="main", route_prefix="/")
+    serve.run(build_app({**base, "request_timeout_s": 0.05}), name="strict", route_prefix="/strict")
+    serve.run(build_app({**base, "max_inflight": 1, "labeller": {"description_tokens": 160, "label_tokens": 32}}),
+              name="busy", route_prefix="/busy")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "root": root}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clip(synth_archive) -> Path:
+    return sorted((synth_archive / "clips").glob("*.mp4"))[0]
+
+
+def _auth(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _upload(url: str, path: Path, key: str = KEY, **kw) -> requests.Response:
+    with open(path, "rb") as fh:
+        return requests.post(f"{url}/v1/analyze", headers=_auth(key), files={"file": (path.name, fh, "video/mp4")},
+                             timeout=120, **kw)
+
+
+def test_analyze_contract_upload_and_uri(server, clip):
+    url = server["url"]
+    up = _upload(url, clip, data={"subtitle": "I can't believe it!"})
+    assert up.status_code == 200, up.text
+    body = up.json()
+    assert set(body) == {"description", "labels", "sentiment", "timings"}  # the contract, exactly
+    assert isinstance(body["description"], str) and body["description"]
+    assert isinstance(body["labels"], list) and body["sentiment"] in ("positive", "negative", "neutral")
+    assert body["timings"]["total_s"] > 0 and body["timings"]["decode_s"] > 0
+    # the same clip by URI (an allowed prefix) and by upload give the same answer (greedy)
+    by_uri = requests.post(f"{url}/v1/analyze", headers=_auth(), timeout=120,
+                           json={"video_uri": str(clip), "subtitle": "I can't believe it!"})
+    assert by_uri.status_code == 200 and by_uri.json()["description"] == body["description"]
+    other_sub = requests.post(f"{url}/v1/analyze", headers=_auth(), timeout=120, json={"video_uri": str(clip)})
+    assert other_sub.status_code == 200
+    with_frames = _upload(url, clip, params={"frames": "1"})
+    frames = with_frames.json()["frames"]
+    assert len(frames) == 8 and all(f.startswith("data:image/jpeg;base64,") for f in frames)
+    models = requests.get(f"{url}/v1/models", headers=_auth(), timeout=30).json()
+    assert models["data"][0]["id"] == "ray-emer"
+
+
+def test_auth_on_every_route_but_health_and_page(server, clip):
+    url = server["url"]
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+    page = requests.get(f"{url}/", timeout=30)
+    assert page.status_code == 200 and "<title>ray_emer" in page.text and KEY not in page.text
+    for key in (None, "wrong-key"):
+        headers = _auth(key) if key else {}
+        assert requests.get(f"{url}/v1/models", headers=headers, timeout=30).status_code == 401
+        assert requests.post(f"{url}/v1/analyze", headers=headers, json={"video_uri": str(clip)},
+                             timeout=30).status_code == 401
+        assert requests.post(f"{url}/v1/chat/completions", headers=headers, json={}, timeout=30).status_code == 401
+
+
+def test_limits_and_bad_inputs(server, clip, tmp_path):
+    url = server["url"]
+    big = tmp_path / "big.mp4"
+    big.write_bytes(clip.read_bytes() + b"\0" * (2 * 2**20))
+    assert _upload(url, big).status_code == 413  # Content-Length over the 1 MB limit
+
+    def chunks():  # no Content-Length: the limit holds while the body streams in
+        for _ in range(40):
+            yield b"x" * 65536
+
+    chunked = requests.post(f"{url}/v1/analyze", headers={**_auth(), "Content-Type": "application/json"},
+                            data=chunks(), timeout=60)
+    assert chunked.status_code == 413
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"definitely not a video " * 50)
+    bad = _upload(url, corrupt)
+    assert bad.status_code == 400 and "not_a_media_file" in bad.json()["error"]
+    long_clip = tmp_path / "long.mp4"
+    import numpy as np
+
+    long_clip.write_bytes(encode_clip([np.full((32, 32, 3), i, np.uint8) for i in range(80)], None, 10))
+    too_long = _upload(url, long_clip)
+    assert too_long.status_code == 400 and "too_long" in too_long.json()["error"]
+    for uri, why in (("file:///etc/passwd", "file://"), ("/etc/passwd", "allowed prefix"),
+                     (str(clip.parent / ".." / ".." / "x.mp4"), "allowed prefix"),
+                     ("http://127.0.0.1:1/x.mp4", "allow-list"), ("http://localhost:1/x.mp4", "non-public"),
+                     ("gopher://example.com/x", "not allowed")):
+        r = requests.post(f"{url}/v1/analyze", headers=_auth(), json={"video_uri": uri}, timeout=30)
+        assert r.status_code == 403 and why in r.json()["error"], (uri, r.text)
+    r = requests.post(f"{url}/v1/analyze", headers=_auth(), json={"video_uri": "data:video/mp4;base64,@@@"},
+                      timeout=30)
+    assert r.status_code == 400 and "base64" in r.json()["error"]
+    assert requests.post(f"{url}/v1/analyze", headers=_auth(), json={"nothing": 1}, timeout=30).status_code == 400
+
+
+def test_timeout_cannot_be_lifted_by_a_header(server, clip):
+    r = requests.post(f"{server['url']}/strict/v1/analyze", timeout=60, json={"video_uri": str(clip)},
+                      headers={**_auth(), "x-request-timeout-seconds": "0"})
+    assert r.status_code == 504 and "longer than 0.05 s" in r.json()["error"]
+
+
+def test_overload_answers_429_with_retry_after(server, clip):
+    url = f"{server['url']}/busy"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _upload(url, clip), range(6)))
+    codes = sorted(a.status_code for a in answers)
+    assert 429 in codes and 200 in codes and not any(c >= 500 for c in codes), codes
+    assert all(a.headers.get("Retry-After") == "1" for a in answers if a.status_code == 429)
+
+
+def _data_url(path: Path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_openai_client_plain_and_streaming(server, clip):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server['url']}/v1", api_key=KEY, max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "I can't believe it!"},
+                                             {"type": "video_url", "video_url": {"url": _data_url(clip)}}]}]
+    out = client.chat.completions.create(model="ray-emer", messages=messages)
+    content = out.choices[0].message.content
+    direct = _upload(server["url"], clip, data={"subtitle": "I can't believe it!"}).json()
+    assert content.startswith(direct["description"]) and "Emotions:" in content
+    assert out.choices[0].finish_reason == "stop" and out.model == "ray-emer"
+    streamed = client.chat.completions.create(model="ray-emer", messages=messages, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in streamed]
+    assert len(pieces) > 2 and "".join(pieces) == content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server['url']}/v1", api_key="wrong", max_retries=0).models.list()
+    assert [m.id for m in client.models.list()] == ["ray-emer"]
+
+
+def test_demo_page_in_headless_chromium(server, clip, tmp_path):
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1100"):
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
+    try:
+        browser.get(f"{server['url']}/")
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.find_element(By.ID, "clip").send_keys(str(clip))
+        browser.find_element(By.ID, "subtitle").send_keys("I can't believe it!")
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 120).until(lambda b: b.execute_script("return document.body.dataset.done") == "1")
+        description = browser.find_element(By.ID, "description").text
+        chips = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#labels .chip")]
+        frames = browser.execute_script("return [...document.querySelectorAll('#frames img')].map(i => i.naturalWidth)")
+        shot = tmp_path / "demo.png"
+        browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    direct = _upload(server["url"], clip, data={"subtitle": "I can't believe it!"}).json()
+    assert description == direct["description"] and chips == direct["labels"]
+    assert len(frames) == 8 and all(w > 0 for w in frames)  # the clip's frames rendered
+    assert shot.stat().st_size > 20_000
+    shutil.copy(shot, Path(server["root"]) / "demo.png")
+    time.sleep(0)

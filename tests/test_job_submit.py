@@ -82,3 +82,51 @@ def test_ray_job_submit_stage1_then_label(ray_head, tmp_path):
                                 "--input", str(features), "--checkpoint", str(tmp_path / "stage1"),
                                 "--output", str(tmp_path / "labels"), "--set", "labeller.description_tokens=16"])
     assert labels["rows"] == labels["ok"] == 40 and labels["engine"] == "hf"
+
+
+def test_serve_deploy_serve_config(ray_head, tmp_path):
+    """`serve deploy serve_config.yaml` against `ray start --head`: only the checkpoint, the port and the key
+    file differ from the shipped file."""
+    import requests
+    import torch
+    import yaml
+
+    from ray_emer.model.affectgpt import AffectGPT
+    from ray_emer.model.checkpoint import save_checkpoint
+    from ray_emer.model.config import get_preset
+    from ray_emer.synthetic import write_archive
+
+    url, env = ray_head
+    torch.manual_seed(0)
+    save_checkpoint(AffectGPT.build(get_preset("tiny")), str(tmp_path / "ckpt"))
+    (tmp_path / "key").write_text("deploy-test-key\n")
+    cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port = _port()
+    cfg["http_options"]["port"] = port
+    app = cfg["applications"][0]
+    app["args"]["checkpoint"] = str(tmp_path / "ckpt")
+    app["runtime_env"]["env_vars"]["RAY_EMER_API_KEY_FILE"] = str(tmp_path / "key")
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(cfg))
+    bindir = Path(sys.executable).parent
+    done = subprocess.run([str(bindir / "serve"), "deploy", str(tmp_path / "serve_config.yaml"), "-a", url],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, ok = time.time() + 300, False
+        while time.time() < deadline and not ok:
+            try:
+                ok = requests.get(f"{base}/healthz", timeout=5).status_code == 200
+            except requests.RequestException:
+                time.sleep(2)
+        assert ok, "the deployed application never answered /healthz"
+        clip = Path(write_archive(str(tmp_path / "a"), SynthConfig(clips=1, seed=2))).parent / "clips"
+        with open(next(clip.glob("*.mp4")), "rb") as fh:
+            files = {"file": ("c.mp4", fh.read(), "video/mp4")}
+        assert requests.post(f"{base}/v1/analyze", files=files, timeout=120).status_code == 401
+        r = requests.post(f"{base}/v1/analyze", files=files, timeout=120,
+                          headers={"Authorization": "Bearer deploy-test-key"})
+        assert r.status_code == 200 and set(r.json()) == {"description", "labels", "sentiment", "timings"}
+    finally:
+        subprocess.run([str(bindir / "serve"), "shutdown", "-a", url, "-y"], env=env, capture_output=True,
+                       timeout=120)

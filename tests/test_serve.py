@@ -210,3 +210,38 @@ def test_demo_page_in_headless_chromium(server, clip, tmp_path):
     assert shot.stat().st_size > 20_000
     shutil.copy(shot, Path(server["root"]) / "demo.png")
     time.sleep(0)
+
+
+def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, tmp_path):
+    """`ray-emer serve --checkpoint DIR --port N --max-upload-mb M` (the contract), as a user starts it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    port = _port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EMER_API_KEY")}
+    cmd = [str(Path(sys.executable).parent / "ray-emer"), "serve", "--checkpoint", str(server["root"] / "ckpt"),
+           "--port", str(port), "--max-upload-mb", "1", "--set", "labeller.description_tokens=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not any("on http://" in ln for ln in lines) and proc.poll() is None:
+            time.sleep(0.5)
+        assert any("on http://127.0.0.1" in ln for ln in lines), "".join(lines)[-3000:]
+        key = next(ln.split("Bearer ", 1)[1].strip() for ln in lines if "Authorization: Bearer" in ln)
+        url = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+        assert requests.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert _upload(url, clip, key=key).status_code == 200
+        big = tmp_path / "big.mp4"
+        big.write_bytes(b"\0" * (int(1.5 * 2**20)))
+        assert _upload(url, big, key=key).status_code == 413
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    assert rc == 0

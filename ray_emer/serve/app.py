@@ -278,8 +278,12 @@ async def _sse(rid: str, created: int, model: str, content: str, extra: dict):
     yield "data: [DONE]\n\n"
 
 
-def build_app(args: dict):
-    """The Serve application builder: ``serve_config.yaml``'s ``args`` (unknown keys fail) -> Application."""
+def build_app(args: dict, deployment_options: dict | None = None):
+    """The Serve application builder: ``serve_config.yaml``'s ``args`` (unknown keys fail) -> Application.
+
+    ``deployment_options`` (name -> ``.options()`` kwargs, e.g. the ``deployments`` entries of
+    ``serve_config.yaml``) is for the Python API; ``serve deploy`` applies the YAML's itself."""
+    extra = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (deployment_options or {}).items()}
     cfg = args if isinstance(args, ServeArgs) else from_dict(ServeArgs, dict(args or {}))
     if not cfg.checkpoint:
         raise ValueError("serve needs a checkpoint (args.checkpoint)")
@@ -291,9 +295,9 @@ def build_app(args: dict):
             print(f"[serve] no API key configured (RAY_EMER_API_KEY / RAY_EMER_API_KEY_FILE); generated one:\n"
                   f"[serve]   Authorization: Bearer {key}", file=sys.stderr, flush=True)
     media = cfg.media()
-    decoder = Decoder.options(ray_actor_options={"num_cpus": cfg.decode_cpus}).bind(media)
+    decoder = Decoder.options(ray_actor_options={"num_cpus": cfg.decode_cpus}, **extra.get("Decoder", {})).bind(media)
     model_opts = {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.model_cpus}
-    model = Model.options(ray_actor_options=model_opts).bind(cfg.checkpoint, cfg.labeller, media,
-                                                             cfg.max_batch_size, cfg.batch_wait_s)
+    model = Model.options(ray_actor_options=model_opts, **extra.get("Model", {})).bind(
+        cfg.checkpoint, cfg.labeller, media, cfg.max_batch_size, cfg.batch_wait_s)
     ingress = _ingress_class(cfg, key)
-    return ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(decoder, model)
+    return ingress.options(ray_actor_options={"num_cpus": 0.1}, **extra.get("Ingress", {})).bind(decoder, model)

@@ -21,10 +21,10 @@ def serve_local(checkpoint: str, port: int = 8000, max_upload_mb: float = 50.0, 
              f"engine={engine}"]
     args = load_config(ServeArgs, config, flags + list(overrides or []))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own fatal SIGTERM handler
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name="ray_emer", route_prefix="/")

@@ -245,3 +245,46 @@ def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, t
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=120)
     assert rc == 0
+
+
+def test_uri_rules_without_a_server(tmp_path):
+    """The SSRF rules and the fetch itself, in plain Python (no Ray): redirects are refused, errors are 400s."""
+    import http.server
+    import threading
+
+    from ray_emer.serve import security
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(security.Forbidden, match="redirects are not followed"):
+            security.fetch_http(f"http://127.0.0.1:{srv.server_port}/clip.mp4", 1000)
+    finally:
+        srv.shutdown()
+    with pytest.raises(security.BadRequest, match="cannot fetch"):
+        security.fetch_http(f"http://127.0.0.1:{_port()}/clip.mp4", 1000)
+    with pytest.raises(security.Forbidden, match="non-public"):
+        security.check_uri("http://localhost/x.mp4", ["localhost"], [])
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "link").symlink_to("/etc")
+    assert security.check_uri(str(tmp_path / "ok" / "a.mp4"), [], [str(tmp_path / "ok")]) == "storage"
+    with pytest.raises(security.Forbidden):  # a symlink out of the allowed prefix
+        security.check_uri(str(tmp_path / "ok" / ".." / "link" / "passwd"), [], [str(tmp_path / "ok")])
+    with pytest.raises(security.Forbidden):
+        security.check_uri("s3://bucket/allowed/../secret", [], ["s3://bucket/allowed"])
+    key, generated = security.resolve_api_key({})
+    assert generated and len(key) >= 24
+    (tmp_path / "k").write_text("from-file\n")
+    assert security.resolve_api_key({"RAY_EMER_API_KEY_FILE": str(tmp_path / "k")}) == ("from-file", False)
+    assert security.resolve_api_key({"RAY_EMER_API_KEY": "env"}) == ("env", False)
+    assert security.bearer_ok("Bearer env", "env") and not security.bearer_ok("Bearer envx", "env")
+    assert not security.bearer_ok("env", "env") and not security.bearer_ok(None, "env")

@@ -119,8 +119,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def fetch_http(url: str, max_bytes: int, timeout_s: float = 20.0) -> bytes:
     """GET an allowed http(s) URL, no redirects, at most ``max_bytes``."""
     opener = urllib.request.build_opener(_NoRedirect)
-    with opener.open(url, timeout=timeout_s) as resp:
-        data = resp.read(max_bytes + 1)
+    try:
+        with opener.open(url, timeout=timeout_s) as resp:
+            data = resp.read(max_bytes + 1)
+    except OSError as exc:  # refused, unreachable, timed out, an HTTP error status: the client's URL, a 400
+        raise BadRequest(f"cannot fetch {url}: {exc}") from exc
     if len(data) > max_bytes:
         raise TooLarge(f"{url} is larger than {max_bytes} bytes")
     return data

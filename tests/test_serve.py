@@ -89,6 +89,24 @@ def test_analyze_contract_upload_and_uri(server, clip):
     assert len(frames) == 8 and all(f.startswith("data:image/jpeg;base64,") for f in frames)
     models = requests.get(f"{url}/v1/models", headers=_auth(), timeout=30).json()
     assert models["data"][0]["id"] == "ray-emer"
+    # a separate audio file replaces the container's track (the published layout ships wavs beside videos)
+    import io
+    import wave
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(32000) * 0.05) * 8000).astype(np.int16).tobytes())
+    with open(clip, "rb") as fh:
+        with_audio = requests.post(f"{url}/v1/analyze", headers=_auth(), timeout=120,
+                                   files={"file": (clip.name, fh, "video/mp4"), "audio": ("a.wav", buf.getvalue())},
+                                   data={"subtitle": "I can't believe it!"})
+    assert with_audio.status_code == 200, with_audio.text
+    assert with_audio.json()["description"] != body["description"]  # other audio, other features, other answer
 
 
 def test_auth_on_every_route_but_health_and_page(server, clip):

@@ -1,4 +1,4 @@
-"""Quickstart job: synthetic archive -> decode. Thin: parse config, call one function.
+"""Quickstart job: archives -> features -> two stages -> labels -> scores -> report. Thin: parse config, call one function.
 
     ray job submit --working-dir . -- python jobs/quickstart.py --config jobs/configs/quickstart.yaml
 """

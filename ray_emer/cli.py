@@ -432,9 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the manifest as Parquet here")
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("quickstart", help="the embedded default job (synthetic archive -> decode)",
-                       description="Write the synthetic archive under OUT/archive and decode every clip; "
-                                   "prints a JSON summary.")
+    p = sub.add_parser("quickstart", help="the embedded default job, end to end",
+                       description="Synthetic archives (coarse, clean, held-out) -> features (Ray Data) -> stage 1 "
+                                   "-> stage 2 (Ray Train) -> labels of the held-out clips (Ray Data) -> scores -> "
+                                   "OUT/report/index.html, with MLflow (sqlite:///OUT/mlflow.db by default). "
+                                   "Progress on stderr, a JSON summary on stdout.")
     p.add_argument("--out", help="output folder or s3:// prefix (default /tmp/ray_emer_quickstart)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_quickstart)

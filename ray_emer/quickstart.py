@@ -1,58 +1,184 @@
-"""The embedded default job: make the synthetic archive, then decode every clip of it.
+"""The embedded default job, end to end: archives -> features -> two training stages -> labels -> scores -> report.
 
-Each clip becomes one result row (ok, or error with the reason): rows in == rows out.
-Later stages extend this into extract -> train -> label -> evaluate.
+A chain of the library's own jobs in one process, so one Ray session serves every stage:
+1. three synthetic archives: coarse (stage 1's auto-labelled stand-in), clean (stage 2),
+   held-out (another seed, never trained on)
+2. feature extraction of each with Ray Data
+3. stage 1 on coarse features, stage 2 on clean features from stage 1's export (Ray Train;
+   the tiny LLM is random, so it trains fully: LoRA on a random base learns next to nothing)
+4. labelling of the held-out clips with Ray Data, scored against their gold
+5. a report page (scores, loss curves, per-emotion confusion, a gallery of held-out clips)
+   and MLflow: one parent run, a child run per stage (a local sqlite store by default)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 from ray_emer import storage
-from ray_emer.data.manifest import read_manifest
-from ray_emer.media import MediaConfig, MediaError, decode_uri
-from ray_emer.synthetic import SynthConfig, write_archive
+from ray_emer.infer.labeller import LabellerConfig
+from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
+
+
+def _synth(clips: int, seed: int, coarse: bool, splits: list[float]) -> SynthConfig:
+    return SynthConfig(clips=clips, seed=seed, coarse=coarse, split_fractions=splits)
 
 
 @dataclasses.dataclass
 class QuickstartConfig:
     out: str = "/tmp/ray_emer_quickstart"
-    synth: SynthConfig = dataclasses.field(default_factory=SynthConfig)
-    media: MediaConfig = dataclasses.field(default_factory=MediaConfig)
+    coarse: SynthConfig = dataclasses.field(default_factory=lambda: _synth(160, 21, True, [1.0, 0.0, 0.0]))
+    clean: SynthConfig = dataclasses.field(default_factory=lambda: _synth(160, 22, False, [0.85, 0.15, 0.0]))
+    heldout: SynthConfig = dataclasses.field(default_factory=lambda: _synth(48, 23, False, [0.0, 0.0, 1.0]))
+    stage1_steps: int = 200
+    stage2_steps: int = 300
+    lr: float = 1.0e-3
+    batch_size: int = 8
+    workers: int = 1  # Ray Train workers (one is enough on 2 cores)
+    worker_cpus: float = 1.0
+    labeller: LabellerConfig = dataclasses.field(default_factory=lambda: LabellerConfig(batch_size=16))
+    gallery: int = 6  # held-out clips shown on the report page
+    samples: int = 3  # sample descriptions printed in the terminal
+    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db (local out)
+    experiment: str = "ray_emer-quickstart"
 
 
-def decode_manifest(manifest_uri: str, media: MediaConfig) -> list[dict]:
-    """Decode every clip of a manifest, one row each; a bad clip is an error row."""
-    rows = []
-    for rec in read_manifest(manifest_uri).to_pylist():
-        row = {"clip_id": rec["clip_id"], "status": "ok", "error": ""}
-        try:
-            row.update(decode_uri(rec["video_uri"], rec.get("audio_uri"), media).summary())
-        except (MediaError, storage.StorageError) as exc:
-            row.update(status="error", error=str(exc))
-        rows.append(row)
-    return rows
+def _tracking_uri(cfg: QuickstartConfig) -> str:
+    if cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return cfg.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+    if storage.is_remote(cfg.out):
+        return ""
+    os.makedirs(cfg.out, exist_ok=True)
+    return f"sqlite:///{os.path.abspath(os.path.join(cfg.out, 'mlflow.db'))}"
+
+
+def _stage(name: str, timings: dict, log):
+    class Timer:
+        def __enter__(self):
+            log(f"[quickstart] {name} ...")
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t0, 1)
+            if exc[0] is None:
+                log(f"[quickstart] {name}: {timings[name]} s")
+
+    return Timer()
+
+
+def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str, name: str,
+           log) -> dict:
+    from ray_emer.model.config import TrainableConfig
+    from ray_emer.train.loop import OptimConfig, TrainConfig
+    from ray_emer.train.trainer import run_ray_training
+
+    tcfg = TrainConfig(features=features, output=output, preset="tiny", init=init, train_split=split,
+                       val_split="val", max_steps=steps, batch_size=cfg.batch_size, log_every=10, val_samples=16,
+                       trainable=TrainableConfig(head="full", llm="full"), engine="ray", workers=cfg.workers,
+                       worker_cpus=cfg.worker_cpus, optim=OptimConfig(lr=cfg.lr, warmup_steps=10),
+                       experiment="ray_emer-train", run_name=name)
+    return run_ray_training(tcfg, log=log)
 
 
 def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
-    t0 = time.perf_counter()
-    manifest = write_archive(storage.join(cfg.out, "archive"), cfg.synth)
-    t1 = time.perf_counter()
-    log(f"wrote {cfg.synth.clips} synthetic clips and {manifest} in {t1 - t0:.1f} s")
-    rows = decode_manifest(manifest, cfg.media)
-    t2 = time.perf_counter()
-    ok = sum(r["status"] == "ok" for r in rows)
-    summary = {
-        "manifest": manifest,
-        "clips": len(rows),
-        "ok": ok,
-        "error": len(rows) - ok,
-        "decode_s": round(t2 - t1, 3),
-        "decode_clips_per_s": round(len(rows) / max(t2 - t1, 1e-9), 2),
-    }
-    report = storage.join(cfg.out, "decode_report.jsonl")
-    storage.write_text(report, "".join(json.dumps(r) + "\n" for r in rows))
-    log(f"decoded {len(rows)} clips ({ok} ok, {len(rows) - ok} error) in {t2 - t1:.1f} s -> {report}")
+    from ray_emer.data.features import ExtractConfig
+    from ray_emer.data.label_job import LabelJobConfig, read_labels, run_label
+    from ray_emer.data.pipeline import run_extract
+    from ray_emer.tracking import parent_run
+
+    t_start, timings = time.perf_counter(), {}
+    out = cfg.out
+    uri = _tracking_uri(cfg)
+    with parent_run(uri, cfg.experiment, "quickstart") as parent:
+        parent.log_params(dataclasses.asdict(cfg))
+        with _stage("synthetic archives", timings, log):
+            manifests = {name: write_archive(storage.join(out, name), getattr(cfg, name))
+                         for name in ("coarse", "clean", "heldout")}
+        features = {}
+        with _stage("feature extraction (Ray Data)", timings, log):
+            for name, manifest in manifests.items():
+                features[name] = storage.join(out, f"{name}_features")
+                run_extract(ExtractConfig(input=manifest, output=features[name], progress=False), log=log)
+        with _stage("stage 1: coarse data (Ray Train)", timings, log):
+            s1 = _train(cfg, features["coarse"], storage.join(out, "stage1"), cfg.stage1_steps, "", "", "stage1", log)
+        with _stage("stage 2: clean data (Ray Train)", timings, log):
+            s2 = _train(cfg, features["clean"], storage.join(out, "stage2"), cfg.stage2_steps, s1["output"],
+                        "train", "stage2", log)
+        with _stage("labelling the held-out clips (Ray Data)", timings, log):
+            label_cfg = LabelJobConfig(input=features["heldout"], output=storage.join(out, "labels"),
+                                       checkpoint=s2["output"], labeller=cfg.labeller, evaluate=True,
+                                       actor_cpus=0.5, progress=False)
+            labelled = run_label(label_cfg, log=log)
+        with _stage("report", timings, log):
+            report = _report(cfg, manifests["heldout"], read_labels(label_cfg.output), labelled["scores"],
+                             {"stage 1": s1.get("losses", []), "stage 2": s2.get("losses", [])}, timings)
+            parent.log_metrics({k: v for k, v in labelled["scores"].items() if isinstance(v, float)})
+        for path in report["files"]:
+            parent.log_artifact(path)
+        samples = report["samples"][: cfg.samples]
+        for s in samples:
+            log(f"[quickstart] {s['clip_id']}: {s['description']}\n[quickstart]   labels: {', '.join(s['labels'])} "
+                f"({s['sentiment']}); gold: {', '.join(s['gold_labels'])}")
+        scores = {k: labelled["scores"][k] for k in ("accuracy", "hit_rate", "sentiment_accuracy", "n_gold_labels")}
+        scores.update(emer=labelled["scores"].get("emer"), text=labelled["scores"].get("text"))
+        timings["total"] = round(time.perf_counter() - t_start, 1)
+        parent.log_metrics({"wall_s": timings["total"]})
+    summary = {"report": report["page"], "labels": label_cfg.output, "scores": scores,
+               "stages": {"stage1": s1["output"], "stage2": s2["output"], "features": features},
+               "wall_s": timings, "mlflow": uri, "chance": 1 / len(EMOTIONS)}
+    log(f"[quickstart] held-out accuracy {scores['accuracy']:.1%} (chance {1 / len(EMOTIONS):.1%}); report: "
+        f"{report['page']}; MLflow: {uri or 'off'}; {timings['total']} s")
     return summary
+
+
+def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, losses: dict, timings: dict) -> dict:
+    import tempfile
+
+    from ray_emer.data.manifest import read_manifest
+    from ray_emer.eval.html_report import write_page
+    from ray_emer.media import MediaConfig, MediaError, decode_uri
+
+    gold = {r["clip_id"]: r for r in read_manifest(heldout_manifest).to_pylist()}
+    emotion = {r["clip_id"]: r.get("emotion") for r in _manifest_rows(heldout_manifest)}
+    rows = {r["clip_id"]: r for r in labels.to_dict("records")}
+    ids = sorted(set(gold) & set(rows))
+    pred_emotions = [emotion_of(list(rows[c]["labels"])[0]) if len(rows[c]["labels"]) else "" for c in ids]
+    samples, gallery = [], []
+    for c in ids:
+        item = {"clip_id": c, "subtitle": gold[c]["subtitle"], "description": rows[c]["description"],
+                "labels": list(rows[c]["labels"]), "sentiment": rows[c]["sentiment"],
+                "gold_description": gold[c]["description"] or "", "gold_labels": list(gold[c]["labels"] or [])}
+        samples.append(item)
+        if len(gallery) < cfg.gallery:
+            try:
+                frames = decode_uri(gold[c]["video_uri"], None, MediaConfig(frame_size=96)).frames
+            except MediaError:
+                continue
+            gallery.append({**item, "frames": frames})
+    local = cfg.out if not storage.is_remote(cfg.out) else tempfile.mkdtemp(prefix="ray_emer_quickstart_report_")
+    out_dir = os.path.join(local, "report")
+    lines = [f"{len(ids)} held-out clips (seed {cfg.heldout.seed}); stage 1: {cfg.stage1_steps} steps on "
+             f"{cfg.coarse.clips} coarse clips, stage 2: {cfg.stage2_steps} steps on {cfg.clean.clips} clean clips; "
+             f"chance accuracy {1 / len(EMOTIONS):.1%}",
+             "wall time per stage: " + ", ".join(f"{k} {v} s" for k, v in timings.items())]
+    page = write_page(out_dir, "ray_emer quickstart: labelled held-out clips", scores, losses,
+                      [emotion[c] or "" for c in ids], pred_emotions, list(EMOTIONS), gallery, lines)
+    with open(os.path.join(out_dir, "scores.json"), "w") as fh:
+        json.dump(scores, fh, indent=2, default=str)
+    files = [os.path.join(out_dir, f) for f in ("index.html", "loss_curves.png", "confusion.png", "scores.json")]
+    if storage.is_remote(cfg.out):
+        for f in files:
+            with open(f, "rb") as fh:
+                storage.write_bytes(storage.join(cfg.out, "report", os.path.basename(f)), fh.read())
+    return {"page": page, "files": files, "samples": samples}
+
+
+def _manifest_rows(uri: str) -> list[dict]:
+    import io
+
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(storage.read_bytes(uri)), dtype=str, keep_default_na=False).to_dict("records")

@@ -307,3 +307,12 @@ def write_archive(out: str, cfg: SynthConfig) -> str:
     manifest = storage.join(out, "manifest.csv")
     storage.write_text(manifest, text.getvalue())
     return manifest
+
+
+def emotion_of(label: str) -> str:
+    """The synthetic emotion a label names (``joyful`` -> ``happy``), or the label itself."""
+    label = str(label).strip().lower()
+    for emotion, synonyms in SYNONYMS.items():
+        if label == emotion or label in synonyms:
+            return emotion
+    return label

@@ -44,14 +44,6 @@ def test_manifest_command(synth_archive, tmp_path):
     assert out["rows"] == 12 and (tmp_path / "m.parquet").exists()
 
 
-def test_quickstart_rows_in_equals_rows_out(tmp_path):
-    proc = run_cli("quickstart", "--out", str(tmp_path), "--set", "synth.clips=3")
-    summary = json.loads(proc.stdout)
-    assert summary["clips"] == 3 and summary["ok"] == 3 and summary["error"] == 0
-    lines = (tmp_path / "decode_report.jsonl").read_text().splitlines()
-    assert len(lines) == 3
-
-
 @pytest.mark.parametrize("cmd", ["synth", "decode", "manifest", "quickstart"])
 def test_help(cmd):
     assert "usage" in run_cli(cmd, "--help").stdout

@@ -24,7 +24,7 @@ import torch
 from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
 from ray_emer.data.features import read_features
-from ray_emer.tracking import NullTracker, make_tracker
+from ray_emer.tracking import NullTracker, make_tracker, resolve_uri
 from ray_emer.train.loop import (
     TrainConfig,
     TrainState,
@@ -195,7 +195,7 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
     storage_path = _storage_path(cfg)
     name = cfg.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"
     # the driver opens the MLflow run; rank 0 (first start or restart) logs into that same run
-    tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    tracking_uri = resolve_uri(cfg.tracking_uri)
     tracker = make_tracker(tracking_uri or None, cfg.experiment, cfg.run_name or None)
     trainer = TorchTrainer(
         train_worker,
@@ -218,5 +218,5 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
     losses = metrics.pop("losses", [])
     log(f"[train] {metrics.get('step')} steps, loss {metrics.get('first_loss')} -> {metrics.get('last_loss')}; "
         f"exported {cfg.output}")
-    return {**metrics, "output": cfg.output, "n_losses": len(losses),
+    return {**metrics, "output": cfg.output, "n_losses": len(losses), "losses": losses,
             "checkpoint": result.checkpoint.path if result.checkpoint else None}

@@ -1,0 +1,85 @@
+"""The quickstart chain in small: archives -> features -> stage 1 -> stage 2 -> labels -> scores -> report,
+one Ray session, MLflow parent and child runs, the report page in a headless browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ray_emer.infer.labeller import LabellerConfig
+from ray_emer.quickstart import QuickstartConfig, _synth, run_quickstart
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def quick(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    cfg = QuickstartConfig(out=str(out), coarse=_synth(24, 21, True, [1.0, 0.0, 0.0]),
+                           clean=_synth(24, 22, False, [0.8, 0.2, 0.0]), heldout=_synth(8, 23, False, [0.0, 0.0, 1.0]),
+                           stage1_steps=6, stage2_steps=6, worker_cpus=0.5, gallery=3,
+                           labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8))
+    logs: list[str] = []
+    return run_quickstart(cfg, log=logs.append), logs, out
+
+
+def test_chain_summary_labels_and_report(quick):
+    summary, logs, out = quick
+    assert {"report", "labels", "scores", "stages", "mlflow", "wall_s"} <= set(summary)
+    assert 0.0 <= summary["scores"]["accuracy"] <= 1.0 and summary["scores"]["n_gold_labels"] == 8
+    assert set(summary["wall_s"]) >= {"feature extraction (Ray Data)", "stage 1: coarse data (Ray Train)",
+                                      "stage 2: clean data (Ray Train)", "labelling the held-out clips (Ray Data)",
+                                      "total"}
+    assert (Path(summary["stages"]["stage2"]) / "config.json").is_file()
+    labels = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
+    assert labels["rows"] == 8 and labels["scores"]["accuracy"] == summary["scores"]["accuracy"]
+    page = Path(summary["report"]).read_text()
+    assert "Scores on the held-out clips" in page and page.count("class='card'") == 3
+    report = Path(summary["report"]).parent
+    for name in ("loss_curves.png", "confusion.png"):
+        assert (report / name).stat().st_size > 5000
+    matrix = json.loads((report / "confusion.json").read_text())["matrix"]
+    assert sum(map(sum, matrix)) == 8  # every held-out clip counted once
+    assert len(list((report / "frames").glob("*.jpg"))) == 3
+    assert any("labels:" in m for m in logs) and "held-out accuracy" in logs[-1]
+
+
+def test_mlflow_parent_run_with_a_child_per_stage(quick):
+    import mlflow
+
+    summary, _, out = quick
+    assert summary["mlflow"] == f"sqlite:///{out / 'mlflow.db'}"
+    client = mlflow.MlflowClient(summary["mlflow"])
+    exp = client.get_experiment_by_name("ray_emer-quickstart")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "quickstart"]
+    assert len(parents) == 1 and parents[0].data.metrics["accuracy"] == summary["scores"]["accuracy"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["extract", "extract", "extract", "label", "stage1", "stage2"], names
+    stage1 = next(r for r in children if r.info.run_name == "stage1")
+    assert stage1.data.params["world_size"] == "1" and stage1.data.params["preset"] == "tiny"  # logged by rank 0
+
+
+def test_report_page_renders_in_a_browser(quick, tmp_path):
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
+    try:
+        browser.get(Path(quick[0]["report"]).as_uri())
+        widths = browser.execute_script("return [...document.images].map(i => i.naturalWidth)")
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert len(widths) == 2 + 3 and all(w > 0 for w in widths)  # curves, confusion, 3 frame strips all loaded
+    assert (tmp_path / "report.png").stat().st_size > 20_000

@@ -92,7 +92,8 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     t_start, timings = time.perf_counter(), {}
     out = cfg.out
     uri = _tracking_uri(cfg)
-    with parent_run(uri, cfg.experiment, "quickstart") as parent:
+    artifacts = None if storage.is_remote(out) else os.path.abspath(os.path.join(out, "mlartifacts"))
+    with parent_run(uri, cfg.experiment, "quickstart", artifacts) as parent:
         parent.log_params(dataclasses.asdict(cfg))
         with _stage("synthetic archives", timings, log):
             manifests = {name: write_archive(storage.join(out, name), getattr(cfg, name))

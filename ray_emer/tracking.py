@@ -104,12 +104,12 @@ class ParentTracker:
     """A run that stays open while its children (one per stage of a chain) run; written through the client,
     so it is never the fluent 'active' run that the children's ``start_run`` would refuse to nest under."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_location: str | None = None) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def log_params(self, params: dict) -> None:
@@ -129,12 +129,14 @@ class ParentTracker:
 
 
 @contextlib.contextmanager
-def parent_run(tracking_uri: str | None, experiment: str, run_name: str) -> Iterator[Tracker]:
-    """A parent MLflow run for a chain of jobs in this process: the trackers they make become its children."""
+def parent_run(tracking_uri: str | None, experiment: str, run_name: str,
+               artifact_location: str | None = None) -> Iterator[Tracker]:
+    """A parent MLflow run for a chain of jobs in this process: the trackers they make become its children.
+    ``artifact_location`` applies when the experiment is new (else MLflow's default, ./mlruns of the cwd)."""
     if not tracking_uri:
         yield NullTracker()
         return
-    parent = ParentTracker(tracking_uri, experiment, run_name)
+    parent = ParentTracker(tracking_uri, experiment, run_name, artifact_location)
     _PARENT.update(run_id=parent.run_id, experiment=experiment, uri=tracking_uri)
     try:
         yield parent

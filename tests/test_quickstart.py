@@ -57,6 +57,8 @@ def test_mlflow_parent_run_with_a_child_per_stage(quick):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.info.run_name == "quickstart"]
     assert len(parents) == 1 and parents[0].data.metrics["accuracy"] == summary["scores"]["accuracy"]
+    assert parents[0].info.artifact_uri.startswith(str(out / "mlartifacts"))  # beside the job, not in the cwd
+    assert "index.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     names = sorted(r.info.run_name for r in children)
     assert names == ["extract", "extract", "extract", "label", "stage1", "stage2"], names

@@ -195,3 +195,23 @@ def ray_local(s3_endpoint):
                  runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def chrome():
+    """Headless Chromium driven through selenium (Debian's chromium + chromium-driver; .ci/run installs them);
+    skips, saying so, where they are absent."""
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
+    try:
+        yield browser
+    finally:
+        browser.quit()

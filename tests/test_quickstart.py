@@ -4,7 +4,6 @@ one Ray session, MLflow parent and child runs, the report page in a headless bro
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -66,22 +65,9 @@ def test_mlflow_parent_run_with_a_child_per_stage(quick):
     assert stage1.data.params["world_size"] == "1" and stage1.data.params["preset"] == "tiny"  # logged by rank 0
 
 
-def test_report_page_renders_in_a_browser(quick, tmp_path):
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
-        opts.add_argument(arg)
-    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
-    try:
-        browser.get(Path(quick[0]["report"]).as_uri())
-        widths = browser.execute_script("return [...document.images].map(i => i.naturalWidth)")
-        browser.save_screenshot(str(tmp_path / "report.png"))
-    finally:
-        browser.quit()
+def test_report_page_renders_in_a_browser(quick, chrome, tmp_path):
+    chrome.get(Path(quick[0]["report"]).as_uri())
+    widths = chrome.execute_script("return [...document.images].map(i => i.naturalWidth)")
+    chrome.save_screenshot(str(tmp_path / "report.png"))
     assert len(widths) == 2 + 3 and all(w > 0 for w in widths)  # curves, confusion, 3 frame strips all loaded
     assert (tmp_path / "report.png").stat().st_size > 20_000

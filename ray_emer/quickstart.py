@@ -142,8 +142,8 @@ def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, 
     from ray_emer.eval.html_report import write_page
     from ray_emer.media import MediaConfig, MediaError, decode_uri
 
-    gold = {r["clip_id"]: r for r in read_manifest(heldout_manifest).to_pylist()}
-    emotion = {r["clip_id"]: r.get("emotion") for r in _manifest_rows(heldout_manifest)}
+    gold = {r["clip_id"]: r for r in read_manifest(heldout_manifest).to_pylist()}  # extra columns kept: emotion
+    emotion = {c: r.get("emotion") for c, r in gold.items()}
     rows = {r["clip_id"]: r for r in labels.to_dict("records")}
     ids = sorted(set(gold) & set(rows))
     pred_emotions = [emotion_of(list(rows[c]["labels"])[0]) if len(rows[c]["labels"]) else "" for c in ids]
@@ -175,11 +175,3 @@ def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, 
             with open(f, "rb") as fh:
                 storage.write_bytes(storage.join(cfg.out, "report", os.path.basename(f)), fh.read())
     return {"page": page, "files": files, "samples": samples}
-
-
-def _manifest_rows(uri: str) -> list[dict]:
-    import io
-
-    import pandas as pd
-
-    return pd.read_csv(io.BytesIO(storage.read_bytes(uri)), dtype=str, keep_default_na=False).to_dict("records")

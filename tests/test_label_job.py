@@ -189,7 +189,7 @@ def test_killed_job_reruns_with_exactly_one_row_per_clip(ray_local, trained, tmp
     assert again["processed"] == 0 and again["skipped"] == HELD_OUT and again["rows"] == HELD_OUT
 
 
-def test_s3_in_and_out(ray_local, trained, s3_bucket):
+def test_labels_s3_in_and_out(ray_local, trained, s3_bucket):  # its own bucket (named after the test)
     from ray_emer.data.label_job import read_labels, run_label
     from ray_emer import storage
 

@@ -175,11 +175,19 @@ def write_shard(table: pa.Table, output: str) -> str:
     return uri
 
 
-def _dataset(output: str) -> pads.Dataset | None:
+def part_files(output: str) -> list[str]:
+    """The ``part-*.parquet`` shards directly under ``output`` (features or labels), [] if none."""
     if not storage.exists(output):
-        return None
-    files = storage.list_files(output, suffixes=[".parquet"], recursive=False)
-    files = [f for f in files if storage.basename(f).startswith("part-")]
+        return []
+    try:
+        files = storage.list_files(output, suffixes=[".parquet"], recursive=False)
+    except storage.StorageError:
+        return []
+    return [f for f in files if storage.basename(f).startswith("part-")]
+
+
+def _dataset(output: str) -> pads.Dataset | None:
+    files = part_files(output)
     if not files:
         return None
     fs, _ = storage.arrow_filesystem(output)
@@ -193,11 +201,11 @@ def done_clip_ids(output: str) -> set[str]:
 
 
 def read_features(output: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-    """Feature rows under ``output`` (optionally some columns / a ``pyarrow.dataset`` filter),
-    one per clip id (the first written wins)."""
+    """Rows of the shards under ``output`` (features, or labels), optionally some columns / a
+    ``pyarrow.dataset`` filter, one per clip id (the first written wins)."""
     ds = _dataset(output)
     if ds is None:
-        raise storage.StorageError(f"{output}: no part-*.parquet feature shards")
+        raise storage.StorageError(f"{output}: no part-*.parquet shards")
     table = ds.to_table(columns=columns, filter=filter)
     ids = table.column("clip_id").to_pylist()
     seen: dict[str, int] = {}

@@ -18,7 +18,6 @@ resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -26,11 +25,11 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import ray
 
 from ray_emer import storage
-from ray_emer.data.features import ExtractConfig, done_clip_ids, read_features
+from ray_emer.data.features import ExtractConfig, done_clip_ids, part_files, read_features, write_shard
+from ray_emer.data.pipeline import ensure_ray, run_extract, use_gpu
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.schema import label_table
 from ray_emer.tracking import make_tracker
@@ -57,29 +56,7 @@ class LabelJobConfig:
 
 def is_feature_dir(uri: str) -> bool:
     """A directory of ``part-*.parquet`` feature shards (what ``ray-emer extract`` writes)."""
-    if uri.lower().endswith((".csv", ".tsv", ".parquet")) or not storage.exists(uri):
-        return False
-    try:
-        files = storage.list_files(uri, suffixes=[".parquet"], recursive=False)
-    except storage.StorageError:
-        return False
-    return any(storage.basename(f).startswith("part-") for f in files)
-
-
-def _part_files(uri: str) -> list[str]:
-    return [f for f in storage.list_files(uri, suffixes=[".parquet"], recursive=False)
-            if storage.basename(f).startswith("part-")]
-
-
-def write_label_shard(rows: list[dict], output: str) -> str:
-    import uuid
-
-    table = label_table(rows)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    uri = storage.join(output, f"part-{rows[0]['clip_id']}-{uuid.uuid4().hex[:8]}.parquet")
-    storage.write_bytes(uri, buf.getvalue())
-    return uri
+    return not uri.lower().endswith((".csv", ".tsv", ".parquet")) and bool(part_files(uri))
 
 
 class _LabelAndWrite:
@@ -91,25 +68,17 @@ class _LabelAndWrite:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = self.labeller.label_batch(batch)
-        write_label_shard(rows, self.output)
+        write_shard(label_table(rows), self.output)
         return {"clip_id": np.array([r["clip_id"] for r in rows], dtype=object),
                 "status": np.array([r["status"] for r in rows], dtype=object),
                 "error": np.array([r["error"] for r in rows], dtype=object),
                 "tokens": np.array([r["generated_tokens"] for r in rows], dtype=np.int64)}
 
 
-def _use_gpu(cfg: LabelJobConfig) -> bool:
-    if cfg.use_gpu in ("true", "false"):
-        return cfg.use_gpu == "true"
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
 def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     """The feature directory to label: the input itself, or the archive extracted into OUTPUT/features."""
     if is_feature_dir(cfg.input):
         return cfg.input, None
-    from ray_emer.data.pipeline import run_extract
-
     out = storage.join(cfg.output, "_features")
     log(f"[label] {cfg.input} is an archive: extracting features into {out} first")
     ext = dataclasses.replace(cfg.extract, input=cfg.input, output=out, preset=cfg.checkpoint,
@@ -118,9 +87,9 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
 
 
 def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
-    gpu = _use_gpu(cfg)
+    gpu = use_gpu(cfg.use_gpu)
     fs, _ = storage.arrow_filesystem(features)
-    files = [storage.arrow_filesystem(f)[1] for f in _part_files(features)]
+    files = [storage.arrow_filesystem(f)[1] for f in part_files(features)]
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
@@ -143,15 +112,7 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
 
 def read_labels(output: str) -> pd.DataFrame:
     """Every label row under ``output`` (one per clip id; the first written wins), as a DataFrame."""
-    import pyarrow.dataset as pads
-
-    files = _part_files(output)
-    if not files:
-        raise storage.StorageError(f"{output}: no part-*.parquet label shards")
-    fs, _ = storage.arrow_filesystem(output)
-    df = pads.dataset([storage.arrow_filesystem(f)[1] for f in files], format="parquet",
-                      filesystem=fs).to_table().to_pandas()
-    return df.drop_duplicates("clip_id", keep="first").reset_index(drop=True)
+    return read_features(output).to_pandas()
 
 
 def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
@@ -168,11 +129,6 @@ def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
     return paths
 
 
-def _ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS / a running cluster / `ray job submit`'s, else starts a local one
-
-
 def run_label(cfg: LabelJobConfig, log=None) -> dict:
     """Label every clip of ``cfg.input`` not yet labelled under ``cfg.output``; returns the summary."""
     from ray_emer.model.checkpoint import checkpoint_id
@@ -182,7 +138,7 @@ def run_label(cfg: LabelJobConfig, log=None) -> dict:
         raise ValueError("label needs input, output and checkpoint")
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
-    _ensure_ray()
+    ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     t0 = time.perf_counter()
     features, extract_summary = _features(cfg, log)

@@ -47,14 +47,15 @@ class _EncodeAndWrite:
         return {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
 
 
-def _ensure_ray() -> None:
+def ensure_ray() -> None:
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS / a running cluster / `ray job submit`'s, else starts a local one
 
 
-def _use_gpu(cfg: ExtractConfig) -> bool:
-    if cfg.use_gpu in ("true", "false"):
-        return cfg.use_gpu == "true"
+def use_gpu(setting: str) -> bool:
+    """``auto | true | false``: auto means the cluster has GPUs."""
+    if setting in ("true", "false"):
+        return setting == "true"
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
@@ -74,7 +75,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts."""
     if not cfg.input or not cfg.output:
         raise ValueError("extract needs both input and output")
-    _ensure_ray()
+    ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg)
     from ray_emer.data.manifest import folder_manifest
@@ -86,7 +87,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     counts, errors = {"ok": 0, "error": 0}, []
     t0 = time.perf_counter()
     if todo:
-        gpu = _use_gpu(cfg)
+        gpu = use_gpu(cfg.use_gpu)
         n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
         ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
         ds = ds.map_batches(_decode, fn_kwargs={"media": media}, batch_size=cfg.decode_batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -310,3 +311,127 @@ def test_encoders_are_frozen_and_follow_the_published_recipe():
     # video: frames at any size are resized to the tower's input; one vector per frame
     assert not torch.allclose(v[0, 0], v[0, 1])
     assert enc.encode_video(frames[:, :, :32, :32]).shape == (2, 8, cfg.video_dim)
+
+
+# ------------------------------------------------------------------ seeds: each seeds what it names
+
+
+def _parts(m: AffectGPT) -> dict[str, dict[str, torch.Tensor]]:
+    """State dict split into head / LLM base / LoRA, detached copies; base names as without PEFT."""
+    out = {"head": {}, "llm": {}, "lora": {}}
+    for name, t in m.state_dict().items():
+        part = "head" if name.startswith("head.") else "lora" if "lora_" in name else "llm"
+        out[part][name.replace("base_model.model.", "").replace(".base_layer", "")] = t.detach().clone()
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    assert a.keys() == b.keys() and a
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _differs_everywhere(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Every randomly initialised tensor differs (constant inits such as biases at 0, norms at 1 aside)."""
+    assert a.keys() == b.keys() and a
+    drawn = [k for k in a if a[k].unique().numel() > 1]
+    return bool(drawn) and all(not torch.equal(a[k], b[k]) for k in drawn)
+
+
+def test_build_seed_gives_identical_weights_whatever_the_callers_random_state():
+    torch.manual_seed(100)
+    first = AffectGPT.build(get_preset("tiny"), seed=7)
+    torch.manual_seed(200)
+    state = torch.get_rng_state()
+    second = AffectGPT.build(get_preset("tiny"), seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # building draws nothing from the caller's generator
+    a, b = _parts(first), _parts(second)
+    assert first.has_lora and all(_same(a[p], b[p]) for p in ("head", "llm", "lora"))
+    assert first.cfg.init_seed == second.cfg.init_seed == 7
+
+
+def test_training_seed_changes_head_llm_and_lora_init():
+    a, b = AffectGPT.build(get_preset("tiny"), seed=1), AffectGPT.build(get_preset("tiny"), seed=2)
+    pa, pb = _parts(a), _parts(b)
+    assert all(_differs_everywhere(pa[p], pb[p]) for p in ("head", "llm", "lora"))
+    assert (a.cfg.init_seed, b.cfg.init_seed) == (1, 2)  # recorded: config.json says which init it was
+    # no seed argument: the config's init_seed (a preset override) decides
+    from ray_emer.model.config import resolve_model_config
+
+    c = AffectGPT.build(resolve_model_config("tiny", ["init_seed=2"]))
+    assert all(_same(_parts(c)[p], pb[p]) for p in ("head", "llm", "lora"))
+
+
+def test_encoder_seed_moves_the_encoders_only():
+    one, other = get_preset("tiny"), get_preset("tiny")
+    other.encoders.seed = 5
+    assert all(_same(_parts(AffectGPT.build(one, seed=3))[p], _parts(AffectGPT.build(other, seed=3))[p])
+               for p in ("head", "llm", "lora"))
+    e0, e5 = Encoders.build(one).state_dict(), Encoders.build(other).state_dict()
+    assert _differs_everywhere(e0, e5)
+    one.init_seed = 11  # and the model's init seed does not move the encoders
+    assert _same(Encoders.build(one).state_dict(), e0)
+
+
+def test_lora_added_later_is_seeded():
+    def frozen(seed):
+        return AffectGPT.build(dataclasses.replace(get_preset("tiny"), trainable=TrainableConfig(llm="frozen")),
+                               seed=seed)
+
+    lora = TrainableConfig(head="full", llm="lora")
+    m1, m2, m3 = frozen(3), frozen(3), frozen(3)
+    assert not m1.has_lora
+    torch.manual_seed(1)
+    m1.set_trainable(lora, seed=9)
+    torch.manual_seed(2)
+    m2.set_trainable(lora, seed=9)
+    m3.set_trainable(lora, seed=10)
+    l1, l2, l3 = _parts(m1)["lora"], _parts(m2)["lora"], _parts(m3)["lora"]
+    assert _same(l1, l2) and _differs_everywhere(l1, l3)
+    assert (m1.cfg.init_seed, m3.cfg.init_seed) == (9, 10)  # the adapter's seed is recorded
+    # no seed: the model's own init_seed, so the adapter is what build(seed=3) would have given it
+    m4 = frozen(3)
+    torch.manual_seed(4)
+    m4.set_trainable(lora)
+    assert _same(_parts(m4)["lora"], _parts(AffectGPT.build(get_preset("tiny"), seed=3))["lora"])
+    # existing adapters are never re-drawn by another seed
+    m1.set_trainable(TrainableConfig(head="frozen", llm="lora"), seed=99)
+    assert _same(_parts(m1)["lora"], l1) and m1.cfg.init_seed == 9
+
+
+def test_loading_does_not_depend_on_seeds(tmp_path):
+    m = AffectGPT.build(get_preset("tiny"), seed=4)
+    with torch.no_grad():  # a trained-looking adapter (B starts at zero)
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    save_checkpoint(m, str(tmp_path / "ck"))
+    saved = _parts(m)
+    for seed, global_seed in ((None, 0), (1, 1), (2, 2)):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        loaded = load_checkpoint(str(tmp_path / "ck"), seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)  # loading draws nothing from the caller's generator
+        got = _parts(loaded)
+        assert all(_same(got[p], saved[p]) for p in ("head", "llm", "lora"))
+        assert loaded.cfg.init_seed == 4
+
+
+def test_stage_two_lora_on_a_checkpoint_without_adapter_follows_the_seed(tmp_path):
+    cfg = get_preset("tiny")
+    cfg.trainable = TrainableConfig(head="full", llm="frozen")
+    stage1 = AffectGPT.build(cfg, seed=4)
+    save_checkpoint(stage1, str(tmp_path / "s1"))
+    lora = TrainableConfig(head="frozen", llm="lora")
+    torch.manual_seed(0)
+    a = load_checkpoint(str(tmp_path / "s1"), trainable=lora, seed=21)
+    torch.manual_seed(1)
+    b = load_checkpoint(str(tmp_path / "s1"), trainable=lora, seed=21)
+    c = load_checkpoint(str(tmp_path / "s1"), trainable=lora, seed=22)
+    pa, pb, pc = _parts(a), _parts(b), _parts(c)
+    assert a.has_lora and _same(pa["lora"], pb["lora"]) and _differs_everywhere(pa["lora"], pc["lora"])
+    saved = _parts(stage1)
+    assert all(_same(p[k], saved[k]) for p in (pa, pc) for k in ("head", "llm"))  # loaded weights untouched
+    assert (a.cfg.init_seed, c.cfg.init_seed) == (21, 22)
+    # no seed: the saved init_seed (4), i.e. the adapter stage 1 would have had with LoRA on
+    d = load_checkpoint(str(tmp_path / "s1"), trainable=lora)
+    assert _same(_parts(d)["lora"], _parts(AffectGPT.build(get_preset("tiny"), seed=4))["lora"])

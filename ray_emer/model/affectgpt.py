@@ -21,6 +21,7 @@ from torch import nn
 from ray_emer.model.config import AffectGPTConfig, LoRASettings, TrainableConfig
 from ray_emer.model.head import MultimodalHead
 from ray_emer.model.processing import IGNORE, AffectGPTProcessor, MultimodalBatch
+from ray_emer.model.seeding import seeded, sub_seed
 from ray_emer.model.tokenizer import build_tokenizer
 
 __all__ = ["IGNORE", "AffectGPT", "MultimodalBatch", "PromptEmbedder", "build_llm"]
@@ -36,16 +37,22 @@ def build_llm(cfg: AffectGPTConfig, vocab_size: int, dtype: torch.dtype = torch.
     return AutoModelForCausalLM.from_config(conf, dtype=dtype)
 
 
-def apply_trainable(llm: nn.Module, head: nn.Module, t: TrainableConfig, lora: LoRASettings) -> nn.Module:
-    """Set ``requires_grad`` per component and return the LLM (LoRA-wrapped or merged as asked)."""
+def apply_trainable(llm: nn.Module, head: nn.Module, t: TrainableConfig, lora: LoRASettings,
+                    seed: int | None = None) -> nn.Module:
+    """Set ``requires_grad`` per component and return the LLM (LoRA-wrapped or merged as asked).
+
+    LoRA adapters added here are initialised from ``sub_seed(seed, "lora")`` (from the caller's
+    random state when ``seed`` is None, as on the meta device where nothing is drawn).
+    """
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if t.head not in ("frozen", "full"):
         raise ValueError(f"head can be frozen or full, not {t.head!r}")
     head.requires_grad_(t.head == "full")
     if t.llm == "lora" and not isinstance(llm, PeftModel):
-        llm = get_peft_model(llm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        with seeded(sub_seed(seed, "lora")) if seed is not None else contextlib.nullcontext():
+            llm = get_peft_model(llm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     if t.llm == "full" and isinstance(llm, PeftModel):
         llm = llm.merge_and_unload()
     for name, param in llm.named_parameters():
@@ -117,11 +124,18 @@ class AffectGPT(nn.Module):
         return self.processor.prompts
 
     @classmethod
-    def build(cls, cfg: AffectGPTConfig, dtype: torch.dtype = torch.float32, tokenizer=None) -> AffectGPT:
-        """Tokenizer, LLM (pretrained or random from ``cfg.llm_config``), head; then ``cfg.trainable``."""
+    def build(cls, cfg: AffectGPTConfig, dtype: torch.dtype = torch.float32, tokenizer=None,
+              seed: int | None = None) -> AffectGPT:
+        """Tokenizer, LLM (pretrained or random from ``cfg.llm_config``), head; then ``cfg.trainable``.
+
+        The head, a random LLM and LoRA adapters are initialised from ``seed`` (training passes its
+        own seed), recorded as ``cfg.init_seed``; ``seed=None`` uses ``cfg.init_seed``. Same seed, same
+        weights, whatever the caller's random state; ``cfg.encoders.seed`` plays no part here.
+        """
+        if seed is not None:
+            cfg.init_seed = int(seed)
         tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.encoders.seed)
+        with seeded(cfg.init_seed):
             llm = build_llm(cfg, len(tokenizer), dtype)
             head = MultimodalHead(cfg)
         if cfg.init == "random":
@@ -137,9 +151,15 @@ class AffectGPT(nn.Module):
 
         return isinstance(self.llm, PeftModel)
 
-    def set_trainable(self, t: TrainableConfig) -> None:
-        """Apply ``frozen | full | lora`` per component; LoRA adapters are added when first asked for."""
-        self.llm = apply_trainable(self.llm, self.head, t, self.cfg.lora)
+    def set_trainable(self, t: TrainableConfig, seed: int | None = None) -> None:
+        """Apply ``frozen | full | lora`` per component; LoRA adapters are added when first asked for,
+        initialised from ``seed`` (default ``cfg.init_seed``; an explicit seed that adds them is recorded
+        there). Existing weights and adapters are never re-drawn."""
+        adds_lora = t.llm == "lora" and not self.has_lora
+        self.llm = apply_trainable(self.llm, self.head, t, self.cfg.lora,
+                                   seed=self.cfg.init_seed if seed is None else seed)
+        if adds_lora and seed is not None:
+            self.cfg.init_seed = int(seed)
         self.cfg.trainable = dataclasses.replace(t)
 
     def parameter_table(self) -> dict[str, dict[str, int]]:

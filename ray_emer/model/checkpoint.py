@@ -97,8 +97,13 @@ def _check_safe(path: Path) -> None:
 
 
 def load_checkpoint(uri: str, dtype: torch.dtype = torch.float32, trainable: TrainableConfig | None = None,
-                    device: str | torch.device = "cpu") -> AffectGPT:
-    """Rebuild the model a checkpoint describes; ``trainable`` overrides the saved setting (stage 2)."""
+                    device: str | torch.device = "cpu", seed: int | None = None) -> AffectGPT:
+    """Rebuild the model a checkpoint describes; ``trainable`` overrides the saved setting (stage 2).
+
+    Saved weights come back as saved whatever the seeds, and loading leaves the caller's random state
+    alone. ``seed`` only matters when ``trainable`` asks for LoRA on a checkpoint without an adapter:
+    the new adapter is initialised from it (default: the saved ``init_seed``), see ``set_trainable``.
+    """
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -107,16 +112,17 @@ def load_checkpoint(uri: str, dtype: torch.dtype = torch.float32, trainable: Tra
         _check_safe(path)
         cfg = AffectGPTConfig.from_json((path / "config.json").read_text())
         tokenizer = build_tokenizer(cfg, path=str(path / "tokenizer"))
-        if (path / "llm").is_dir():
-            llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=dtype, use_safetensors=True)
-        else:
-            llm = build_llm(cfg, len(tokenizer), dtype)
-        if (path / "adapter").is_dir():
-            llm = PeftModel.from_pretrained(llm, str(path / "adapter"), is_trainable=True)
-        head = MultimodalHead(cfg)
+        with torch.random.fork_rng(devices=[]):  # throwaway draws (the head before its weights load)
+            if (path / "llm").is_dir():
+                llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=dtype, use_safetensors=True)
+            else:
+                llm = build_llm(cfg, len(tokenizer), dtype)
+            if (path / "adapter").is_dir():
+                llm = PeftModel.from_pretrained(llm, str(path / "adapter"), is_trainable=True)
+            head = MultimodalHead(cfg)
         head.load_state_dict(load_file(str(path / "head.safetensors")))
         model = AffectGPT(cfg, llm, tokenizer, head.to(dtype))
-    model.set_trainable(trainable or cfg.trainable)
+    model.set_trainable(trainable or cfg.trainable, seed=seed)
     return model.to(device)
 
 

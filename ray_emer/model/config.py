@@ -43,7 +43,7 @@ class EncoderSettings:
     audio_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # HubertConfig kwargs
     audio_layers: int = 4  # average of the last N hidden layers
     normalize_audio: bool = True  # zero-mean unit-variance per window, as HuBERT's feature extractor does
-    seed: int = 0  # random init (init="random") is reproducible from this seed
+    seed: int = 0  # seeds the frozen random towers (init="random") only; never the head, LLM or LoRA
 
 
 @dataclasses.dataclass
@@ -69,10 +69,14 @@ class AffectGPTConfig:
     image_branch: bool = True  # single-image input gets its own projector, as in the published model
     llm_name: str = "Qwen/Qwen2.5-7B-Instruct"
     llm_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # Qwen2Config kwargs
-    tokenizer: str = ""  # empty: the LLM's tokenizer; "tiny": trained on the fly (see model/tokenizer.py)
+    tokenizer: str = ""  # empty: the LLM's tokenizer; "tiny": the shipped tiny BPE (see model/tokenizer.py)
     lora: LoRASettings = dataclasses.field(default_factory=LoRASettings)
     trainable: TrainableConfig = dataclasses.field(default_factory=TrainableConfig)
     prompts: PromptSettings = dataclasses.field(default_factory=PromptSettings)
+    # Seed of the trainable side's random init: the head, a random LLM (init="random") and LoRA adapters
+    # when first added. AffectGPT.build(cfg, seed=...) and set_trainable(..., seed=...) record the seed they
+    # used here (training passes its own seed); independent of encoders.seed. Loading never re-draws weights.
+    init_seed: int = 0
 
     @property
     def llm_hidden(self) -> int:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_emer.model.config import AffectGPTConfig
+from ray_emer.model.seeding import seeded
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -42,7 +43,8 @@ class Encoders(nn.Module):
     @classmethod
     def build(cls, cfg: AffectGPTConfig, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> Encoders:
-        """Pretrained towers by name (``cfg.init == "pretrained"``), else random from the config dicts."""
+        """Pretrained towers by name (``cfg.init == "pretrained"``), else random from the config dicts,
+        seeded by ``cfg.encoders.seed`` alone."""
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, HubertConfig, HubertModel
 
         enc = cfg.encoders
@@ -50,8 +52,7 @@ class Encoders(nn.Module):
             vision = CLIPVisionModelWithProjection.from_pretrained(enc.vision_name, dtype=dtype)
             audio = HubertModel.from_pretrained(enc.audio_name, dtype=dtype)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(enc.seed)
+            with seeded(enc.seed):  # the encoders' own seed: the head/LLM init (init_seed) is independent
                 vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**enc.vision_config))
                 audio = HubertModel(HubertConfig(**enc.audio_config))
         return cls(vision, audio, cfg).to(device=device, dtype=dtype)

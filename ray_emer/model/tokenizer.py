@@ -1,9 +1,11 @@
-"""Tokenizers: the LLM's own (real presets) or a small byte-level BPE trained on the fly (tiny).
+"""Tokenizers: the LLM's own (real presets) or a small byte-level BPE shipped with the package (tiny).
 
 Either way the multimodal placeholder tokens are registered as special tokens, so the
 tokenizer never splits them and the model can find them by id. The tiny tokenizer is
-byte-level (any text encodes, nothing is ``<unk>``), deterministic for its corpus, and
-has a Qwen-style chat template so the chat prompt style is testable without a download.
+byte-level (any text encodes, nothing is ``<unk>``), fixed (``ray_emer/assets/tiny_tokenizer.json``:
+every tiny checkpoint's token ids come from it; ``tools/make_tiny_tokenizer.py`` trained it on the
+synthetic vocabulary and can regenerate it), and has a Qwen-style chat template so the chat prompt
+style is testable without a download.
 """
 
 from __future__ import annotations
@@ -24,33 +26,23 @@ def placeholder_tokens(cfg: AffectGPTConfig) -> list[str]:
     return [p.fused_token, p.audio_token, p.video_token, p.image_token]
 
 
-def _tiny_corpus() -> list[str]:
-    from ray_emer.model.prompts import QUESTIONS
-    from ray_emer.synthetic import SynthConfig, make_spec
-
-    specs = [make_spec(SynthConfig(seed=seed), i) for seed in (0, 1) for i in range(150)]
-    return list(QUESTIONS.values()) + [s.description for s in specs] + [s.subtitle for s in specs]
+TINY_TOKENIZER_ASSET = "assets/tiny_tokenizer.json"  # inside the ray_emer package (package-data)
 
 
-@functools.lru_cache(maxsize=4)
-def _tiny_tokenizer_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+@functools.cache
+def tiny_tokenizer_json() -> str:
+    """The shipped tiny tokenizer (``tokenizers`` JSON, read once per process)."""
+    from importlib.resources import files
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_tiny_corpus(), trainer)
-    return tok.to_str()
+    return (files("ray_emer") / TINY_TOKENIZER_ASSET).read_bytes().decode("utf-8")
 
 
-def tiny_tokenizer(vocab_size: int = 1024):
-    """A fresh ``PreTrainedTokenizerFast`` (byte-level BPE over the synthetic vocabulary)."""
+def tiny_tokenizer():
+    """A fresh ``PreTrainedTokenizerFast`` of the shipped byte-level BPE (779 tokens, specials included)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tiny_tokenizer_json()),
                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.chat_template = TINY_CHAT_TEMPLATE
     return tok

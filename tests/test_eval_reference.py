@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from ray_emer.data.manifest import parse_label_list
-from ray_emer.eval.metrics import emer_set_metrics, parse_published_list
+from ray_emer.eval.metrics import emer_set_metrics
 from ray_emer.eval.unibench import DATASET_KIND, convert_labels, convert_outputs, score_checkpoints
 from ray_emer.eval.wheel import EmotionWheels
+from ray_emer.labels import parse_labels
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,13 @@ def _ovmerd(reference_dir):
             d / "ovmerd332_gpt35_synonym_groups_cache.json")
 
 
-@pytest.mark.parametrize("parser,expected", [(parse_published_list, (0.5818, 0.4978, 0.5398)),
-                                              (parse_label_list, (0.5803, 0.4963, 0.5383))])
-def test_emer_set_metrics_with_cached_groups(reference_dir, parser, expected):
+@pytest.mark.parametrize("rule,expected", [("published", (0.5818, 0.4978, 0.5398)),
+                                            ("proper", (0.5803, 0.4963, 0.5383))])
+def test_emer_set_metrics_with_cached_groups(reference_dir, rule, expected):
     gt_path, pred_path, groups_path = _ovmerd(reference_dir)
     gt, pr = pd.read_csv(gt_path), pd.read_csv(pred_path)
-    gold = {n: parser(v) for n, v in zip(gt["name"], gt["openset"])}
-    pred = {n: parser(v) for n, v in zip(pr["name"], pr["openset"])}
+    gold = {n: parse_labels(v, rule) for n, v in zip(gt["name"], gt["openset"])}
+    pred = {n: parse_labels(v, rule) for n, v in zip(pr["name"], pr["openset"])}
     out = emer_set_metrics(gold, pred, json.loads(groups_path.read_text()))
     assert (round(out["accuracy_s"], 4), round(out["recall_s"], 4), round(out["avg"], 4)) == expected
 
@@ -135,7 +135,7 @@ def test_lexicon_extractor_on_gold_descriptions(reference_dir, wheels):
 
     d = pd.read_csv(reference_dir / "ovmerd" / "emer_v2_ovmerd332_descriptions_chi_eng.csv")
     gt = pd.read_csv(_ovmerd(reference_dir)[0])
-    gold = {n: parse_label_list(v) for n, v in zip(gt["name"], gt["openset"])}
+    gold = {n: parse_labels(v) for n, v in zip(gt["name"], gt["openset"])}
     scores = {}
     for focus in ("conclusion", "all"):
         pred = dict(zip(d["name"], LexiconExtractor(wheels, focus).extract(list(d["english"]))))

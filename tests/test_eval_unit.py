@@ -1,12 +1,17 @@
 """Metric arithmetic on hand-made cases; extractors; text overlap; reports; MLflow."""
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, LLMSentiment, lexicon_sentiment, parse_comma_list
-from ray_emer.eval.metrics import emer_set_metrics, hit_rate, ov_fscore, parse_published_list, sentiment_scores
+from ray_emer import storage
+from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, LLMSentiment, lexicon_sentiment
+from ray_emer.eval.metrics import emer_set_metrics, hit_rate, ov_fscore, sentiment_scores
 from ray_emer.eval.text_overlap import text_overlap
+from ray_emer.eval.unibench import (EvalInputError, convert_outputs, read_csv, read_json, score_checkpoints,
+                                    score_files)
 from ray_emer.eval.wheel import EmotionWheels, Wheel, WheelError
 
 
@@ -67,8 +72,7 @@ def test_sentiment_scores_skip_zero_valence():
     assert r["accuracy"] == pytest.approx(2 / 3)
 
 
-def test_emer_set_metrics_groups_and_published_parsing():
-    assert parse_published_list('["don\'t believe", \'doubt\']') == ["don", "t believe", "doubt"]
+def test_emer_set_metrics_groups():
     groups = {"s": [["joyful", "happy"], ["sad"]]}
     out = emer_set_metrics({"s": ["Happy", "sad"]}, {"s": ["JOYFUL", "angry"]}, groups)
     # labels lower-cased: gold {joyful, sad}; pred {joyful, angry} -> acc .5, recall .5
@@ -76,6 +80,84 @@ def test_emer_set_metrics_groups_and_published_parsing():
     # group words are matched exactly as written: "Happy" in a group does not catch "happy"
     out = emer_set_metrics({"s": ["happy"]}, {"s": ["joyful"]}, {"s": [["joyful", "Happy"]]})
     assert out["recall_s"] == 0.0
+
+
+def _ov_files(d):
+    """Gold and predictions where the rules differ: 'sad; lonely' is one (unknown) label when published."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "L.csv").write_text('name,openset\na,"[\'sad\']"\nb,"[\'happy\']"\n')
+    (d / "P.csv").write_text('name,openset\na,sad; lonely\nb,"[], [\'Happy\']"\n')
+    return d / "P.csv", d / "L.csv"
+
+
+def test_unibench_parsing_rules_give_different_scores(tiny_wheels, tmp_path):
+    pred, gold = _ov_files(tmp_path)
+    published = score_files("ov", str(pred), str(gold), tiny_wheels)
+    proper = score_files("ov", str(pred), str(gold), tiny_wheels, parsing="proper")
+    assert published["parsing"] == "published" and proper["parsing"] == "proper"
+    assert proper["score"] == pytest.approx(1.0)  # a: {sad, lonely} -> sad; b: happy
+    assert published["precision"] == pytest.approx(0.5) and published["score"] < proper["score"]  # a: nothing
+    frames = {"1": pd.read_csv(pred, dtype=str)}
+    gold_lists = {"a": ["sad"], "b": ["happy"]}
+    ckpt = {rule: score_checkpoints("ov", gold_lists, frames, tiny_wheels, parsing=rule)
+            for rule in ("published", "proper")}
+    assert ckpt["proper"]["parsing"] == "proper" and ckpt["published"]["parsing"] == "published"
+    assert ckpt["published"]["best_on_test"]["score"] == pytest.approx(published["score"])
+    assert ckpt["proper"]["best_on_test"]["score"] == pytest.approx(1.0)
+    with pytest.raises(EvalInputError, match="--parsing"):
+        score_files("ov", str(pred), str(gold), tiny_wheels, parsing="loose")
+
+
+def test_missing_and_malformed_inputs_name_the_uri(tmp_path):
+    for reader in (lambda u: read_csv(u, ("name",)), read_json):
+        with pytest.raises(EvalInputError, match=f"{tmp_path / 'nope.csv'}: file not found"):
+            reader(str(tmp_path / "nope.csv"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(EvalInputError, match="bad.json: not valid JSON"):
+        read_json(str(tmp_path / "bad.json"))
+    (tmp_path / "g.json").write_text('{"a": [["x", "y"]]}')
+    assert read_json(tmp_path / "g.json") == {"a": [["x", "y"]]}
+
+
+@pytest.mark.integration
+def test_scoring_reads_every_input_from_s3(tiny_wheels, tmp_path, s3_bucket):
+    """Predictions, labels, groups, published outputs and a wheel dir (.xlsx and .csv tables) on S3 score
+    exactly as the same files on disk."""
+    pred, gold = _ov_files(tmp_path / "local")
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    for name in ("wheel2", "wheel3", "wheel4", "wheel5", "format", "synonym"):
+        (wheel_dir / f"{name}.csv").write_bytes((Path(tiny_wheels.source) / f"{name}.csv").read_bytes())
+    pd.read_csv(Path(tiny_wheels.source) / "wheel1.csv", dtype=str).to_excel(wheel_dir / "wheel1.xlsx", index=False)
+    (tmp_path / "local" / "groups.json").write_text('{"a": [["sad", "lonely"]]}')
+    (tmp_path / "local" / "outputs.csv").write_text("epoch,name,extracted_openset\n1,a,[sad]\n2,a,[happy]\n")
+    remote = {}
+    for path in [*wheel_dir.iterdir(), *(tmp_path / "local").iterdir()]:
+        remote[path] = f"{s3_bucket}/{path.parent.name}/{path.name}"
+        storage.write_bytes(remote[path], path.read_bytes())
+    s3_wheels = EmotionWheels.load(f"{s3_bucket}/wheels", f"{s3_bucket}/wheels/format.csv")
+    local_wheels = EmotionWheels.load(wheel_dir)
+    assert s3_wheels.forms == local_wheels.forms == tiny_wheels.forms and s3_wheels.source == f"{s3_bucket}/wheels"
+    assert [w.level1 for w in s3_wheels.wheels] == [w.level1 for w in tiny_wheels.wheels]
+    for rule in ("published", "proper"):
+        assert score_files("ov", remote[pred], remote[gold], s3_wheels, parsing=rule) == \
+            score_files("ov", str(pred), str(gold), local_wheels, parsing=rule)
+    assert read_json(f"{s3_bucket}/local/groups.json") == {"a": [["sad", "lonely"]]}
+    assert {k: v.to_dict("list") for k, v in convert_outputs(f"{s3_bucket}/local/outputs.csv").items()} == \
+        {k: v.to_dict("list") for k, v in convert_outputs(tmp_path / "local" / "outputs.csv").items()}
+    with pytest.raises(EvalInputError, match=f"{s3_bucket}/local/missing.csv: file not found"):
+        score_files("ov", f"{s3_bucket}/local/missing.csv", remote[gold], s3_wheels)
+    with pytest.raises(EvalInputError, match=f"{s3_bucket}/nope.json: file not found"):
+        read_json(f"{s3_bucket}/nope.json")
+    with pytest.raises(WheelError, match="does not exist"):
+        EmotionWheels.load(f"{s3_bucket}/no-wheels")
+    for i in range(2, 6):
+        storage.write_bytes(f"{s3_bucket}/partial/wheel{i}.csv", (wheel_dir / f"wheel{i}.csv").read_bytes())
+    storage.write_bytes(f"{s3_bucket}/partial/wheel1.xlsx", (wheel_dir / "wheel1.xlsx").read_bytes())
+    with pytest.raises(WheelError, match="partial: missing synonym.xlsx"):
+        EmotionWheels.load(f"{s3_bucket}/partial", f"{s3_bucket}/wheels/format.csv")
+    with pytest.raises(WheelError, match=f"format table {s3_bucket}/nope.csv does not exist"):
+        EmotionWheels.load(f"{s3_bucket}/wheels", f"{s3_bucket}/nope.csv")
 
 
 def test_lexicon_extractor_negation_lemmas_and_focus(tiny_wheels):
@@ -103,7 +185,7 @@ def test_llm_extractor_and_sentiment_through_an_engine():
     assert "Description: d1" in eng.prompts[0]
     assert LLMSentiment(FakeEngine(["Negative.", "it is POSITIVE"])).classify([["sad"], ["happy"]]) == \
         ["negative", "positive"]
-    assert parse_comma_list("Emotions: calm; relaxed") == ["calm", "relaxed"]
+    assert LLMExtractor(FakeEngine(["Emotions: calm; relaxed"])).extract(["d"]) == [["calm", "relaxed"]]
 
 
 def test_lexicon_sentiment():

@@ -174,27 +174,27 @@ def test_label_scores_match_the_benchmark_metrics_on_published_ovmerd(reference_
     import pandas as pd
     import pyarrow as pa
 
-    from ray_emer.data.manifest import parse_label_list
     from ray_emer.eval.labelled import gold_from_features, score_labels
     from ray_emer.eval.metrics import emer_wheel_metrics
     from ray_emer.eval.unibench import score_files
     from ray_emer.eval.wheel import EmotionWheels
+    from ray_emer.labels import parse_labels
 
     d = reference_dir / "ovmerd"
     gt_path, pred_path = d / "ovmerd332_gt_openset_labels_mer2024_check.csv", \
         d / "ovmerd332_example_predicted_openset_mer2024.csv"
     wheels = EmotionWheels.load(reference_dir / "emotion_wheel")
     gt, pred = pd.read_csv(gt_path), pd.read_csv(pred_path)
-    features = pa.table({"clip_id": gt["name"], "labels": [parse_label_list(x) for x in gt["openset"]],
+    features = pa.table({"clip_id": gt["name"], "labels": [parse_labels(x) for x in gt["openset"]],
                          "description": [""] * len(gt)})
-    labels = pd.DataFrame({"clip_id": pred["name"], "status": "ok", "labels": [parse_label_list(x) for x in pred["openset"]],
+    labels = pd.DataFrame({"clip_id": pred["name"], "status": "ok", "labels": [parse_labels(x) for x in pred["openset"]],
                            "sentiment": "neutral", "description": ""})
     scores = score_labels(labels, gold_from_features(features), wheels)
     ov = score_files("ov", str(pred_path), str(gt_path), wheels)
     assert scores["ov"]["score"] == pytest.approx(ov["score"], abs=1e-12) and 0.3 < ov["score"] < 0.9
     assert scores["ov"]["precision"] == pytest.approx(ov["precision"], abs=1e-12)
-    gold_sets = {n: [x.lower() for x in parse_label_list(v)] for n, v in zip(gt["name"], gt["openset"], strict=True)}
-    pred_sets = {n: [x.lower() for x in parse_label_list(v)] for n, v in zip(pred["name"], pred["openset"], strict=True)}
+    gold_sets = {n: parse_labels(v) for n, v in zip(gt["name"], gt["openset"], strict=True)}
+    pred_sets = {n: parse_labels(v) for n, v in zip(pred["name"], pred["openset"], strict=True)}
     assert scores["emer"] == pytest.approx(emer_wheel_metrics(gold_sets, pred_sets, wheels))
     assert scores["n_gold_labels"] == len(gt) and scores["emer_grouping"] == "wheel"
     # an error row counts as an empty prediction: scores can only fall

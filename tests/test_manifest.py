@@ -1,23 +1,23 @@
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from ray_emer import storage
-from ray_emer.data.manifest import ManifestError, join_published, parse_label_list, read_manifest
+from ray_emer.data.manifest import ManifestError, join_published, read_manifest
 from ray_emer.schema import MANIFEST_SCHEMA
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("[worried, nervous]", ["worried", "nervous"]),
-    ("['a', 'b c']", ["a", "b c"]),
-    ('["don\'t believe", "x"]', ["don't believe", "x"]),
-    ("happy, sad", ["happy", "sad"]),
-    ("", []),
-    ("[]", []),
-    (None, []),
-])
-def test_parse_label_list(text, expected):
-    assert parse_label_list(text) == expected
+def test_manifest_labels_use_the_proper_rule(tmp_path):
+    """CSV cells in any list spelling and Parquet list columns become clean label lists."""
+    cells = ['["Happy", "sad"]', '[], ["confused"]', "worried; nervous", "[calm, Calm]", ""]
+    pd.DataFrame({"clip_id": list("abcde"), "video_uri": [f"{c}.mp4" for c in "abcde"], "labels": cells}) \
+        .to_csv(tmp_path / "m.csv", index=False)
+    rows = read_manifest(str(tmp_path / "m.csv")).to_pylist()
+    assert [r["labels"] for r in rows] == [["happy", "sad"], ["confused"], ["worried", "nervous"], ["calm"], []]
+    pq.write_table(pa.table({"clip_id": ["a"], "video_uri": ["a.mp4"], "labels": [[" Joy ", "joy", "[]"]]}),
+                   tmp_path / "m.parquet")
+    assert read_manifest(str(tmp_path / "m.parquet")).to_pylist()[0]["labels"] == ["joy"]
 
 
 def test_synthetic_manifest_csv(synth_archive):

@@ -8,9 +8,7 @@ order (extra columns kept), so every later stage reads the same thing.
 
 from __future__ import annotations
 
-import ast
 import io
-import json
 import os
 
 import pandas as pd
@@ -18,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_emer import storage
+from ray_emer.labels import parse_labels
 from ray_emer.schema import MANIFEST_REQUIRED, MANIFEST_SCHEMA, SchemaError, conform
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg")
@@ -27,25 +26,6 @@ SUBTITLE_SUFFIXES = (".txt",)
 
 class ManifestError(ValueError):
     """An archive or manifest cannot be turned into manifest rows."""
-
-
-def parse_label_list(text) -> list[str]:
-    """``'[worried, nervous]'``, ``"['a', 'b']"``, ``'["a"]'`` or ``'a, b'`` -> ``['worried', 'nervous']``."""
-    if text is None or (isinstance(text, float) and pd.isna(text)):
-        return []
-    if isinstance(text, (list, tuple)):
-        return [str(t).strip() for t in text if str(t).strip()]
-    s = str(text).strip()
-    if s.startswith("[") and s.endswith("]"):
-        for loader in (json.loads, ast.literal_eval):
-            try:
-                value = loader(s)
-                if isinstance(value, (list, tuple)):
-                    return [str(t).strip() for t in value if str(t).strip()]
-            except (ValueError, SyntaxError):
-                pass
-        s = s[1:-1]
-    return [part.strip().strip("'\"").strip() for part in s.split(",") if part.strip().strip("'\"").strip()]
 
 
 def _read_table_file(uri: str) -> pd.DataFrame:
@@ -77,7 +57,7 @@ def from_file(uri: str) -> pa.Table:
     if "audio_uri" in df.columns:
         df["audio_uri"] = [_resolve(base, str(u)) if u else None for u in df["audio_uri"]]
     if "labels" in df.columns:
-        df["labels"] = [parse_label_list(v) for v in df["labels"]]
+        df["labels"] = [parse_labels(v) for v in df["labels"]]
     for col in ("subtitle", "description", "split"):
         if col in df.columns:
             df[col] = [None if v == "" else v for v in df[col]]
@@ -161,6 +141,6 @@ def join_published(
             continue
         side = _name_table(uri, value_col, out_col).set_index("clip_id")[out_col]
         if out_col == "labels":
-            side = side.map(parse_label_list)
+            side = side.map(parse_labels)
         df[out_col] = [side.get(cid, cur) for cid, cur in zip(df["clip_id"], df[out_col])]
     return conform(pa.Table.from_pandas(df, preserve_index=False), MANIFEST_SCHEMA, MANIFEST_REQUIRED)

@@ -17,6 +17,7 @@ from lemminflect import getAllLemmas
 
 from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.engine import Engine
+from ray_emer.labels import parse_answer
 
 EXTRACT_PROMPT = (
     "Here is a description of a video clip. Identify the main character (the one with the most "
@@ -42,21 +43,13 @@ class Extractor(Protocol):
     def extract(self, descriptions: Sequence[str]) -> list[list[str]]: ...
 
 
-def parse_comma_list(text: str) -> list[str]:
-    """An LLM's answer -> labels: first line, split on commas/semicolons, trimmed, lower-cased."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    line = re.sub(r"^(emotions?|answer)\s*:\s*", "", line, flags=re.I)
-    items = [re.sub(r"[^\w\s'-]", "", part).strip().lower() for part in re.split(r"[,;]", line)]
-    return [i for i in dict.fromkeys(items) if i and i not in {"none", "nothing", "n/a"}]
-
-
 class LLMExtractor:
     def __init__(self, engine: Engine, prompt: str = EXTRACT_PROMPT) -> None:
         self.engine, self.prompt = engine, prompt
 
     def extract(self, descriptions: Sequence[str]) -> list[list[str]]:
         answers = self.engine.generate([self.prompt.format(description=d) for d in descriptions])
-        return [parse_comma_list(a) for a in answers]
+        return [parse_answer(a) for a in answers]
 
 
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*|n't")

@@ -7,23 +7,12 @@ EMER set metrics with synonym groups. File formats and the CLI live elsewhere.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from ray_emer.eval.wheel import NUM_WHEELS, EmotionWheels
-
-
-def parse_published_list(text) -> list[str]:
-    """The published EMER code's list parsing: split on quote characters and keep the
-    pieces that are not just brackets/commas. ``"don't believe"`` -> ``don``, ``t believe``.
-    The cached GPT-3.5 synonym groups were made from such pieces."""
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        return []
-    pieces = re.split(r"['\"]", str(text))
-    return [p.strip() for p in pieces if p.strip().strip("[],").strip()]
 
 
 def _mean(values: list[float]) -> float:

@@ -1,7 +1,8 @@
 """The emotion wheel (EW) grouping of open-vocabulary labels, as the published benchmark does it.
 
 Owns loading the tables from a user's ``--wheel-dir`` (``wheel1..5``, ``synonym``,
-``format``; each ``.xlsx`` as published or ``.csv``) and mapping one label to its
+``format``; each ``.xlsx`` as published or ``.csv``; a local folder or an ``s3://`` prefix, read
+through :mod:`ray_emer.storage`) and mapping one label to its
 level-1 or level-2 class on one wheel. The procedure and its quirks (e.g. ``fear``
 reaching ``happy`` on some wheels through ``fearless``) are kept on purpose: they are
 what the published numbers were computed with.
@@ -10,11 +11,13 @@ what the published numbers were computed with.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import pandas as pd
+
+from ray_emer import storage
 
 NUM_WHEELS = 5
 WHEEL_COLUMNS = ("level1", "level2", "level3")
@@ -28,20 +31,24 @@ def _norm(text) -> str:
     return str(text).strip().lower()
 
 
-def _find_table(wheel_dir: Path, stem: str) -> Path:
+def _find_table(wheel_dir: str, files: dict[str, str], stem: str) -> str:
+    """The URI of ``stem.xlsx`` (else ``stem.csv``) among ``files`` (base name -> URI)."""
     for suffix in (".xlsx", ".csv"):
-        path = wheel_dir / f"{stem}{suffix}"
-        if path.exists():
-            return path
+        if f"{stem}{suffix}" in files:
+            return files[f"{stem}{suffix}"]
     raise WheelError(f"wheel dir {wheel_dir}: missing {stem}.xlsx (or {stem}.csv)")
 
 
-def _read_table(path: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+def _read_table(path: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     try:
-        if path.suffix == ".xlsx":
-            df = pd.read_excel(path, dtype=str)
+        data = io.BytesIO(storage.read_bytes(path))
+    except (storage.StorageError, OSError) as exc:
+        raise WheelError(f"{path}: cannot be read ({exc})") from exc
+    try:
+        if path.lower().endswith(".xlsx"):
+            df = pd.read_excel(data, dtype=str)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=True)
+            df = pd.read_csv(data, dtype=str, keep_default_na=True)
     except Exception as exc:  # openpyxl/pandas raise many types for a broken file
         raise WheelError(f"{path}: cannot be read as a table: {exc}") from exc
     if columns is not None:
@@ -79,7 +86,7 @@ class Wheel:
         return set((self.level1 if level == 1 else self.level2).values())
 
 
-def read_wheel(path: Path) -> list[tuple[str, str, str]]:
+def read_wheel(path: str) -> list[tuple[str, str, str]]:
     """Rows of one wheel table; a blank cell means "same as the row above"."""
     df = _read_table(path, WHEEL_COLUMNS)[list(WHEEL_COLUMNS)].ffill()
     if df.isna().any().any():
@@ -99,7 +106,7 @@ def _index_lists(index: dict[str, set[str]], heads, lists) -> None:
                 index[_norm(item)].add(h)
 
 
-def read_forms(path: Path) -> dict[str, set[str]]:
+def read_forms(path: str) -> dict[str, set[str]]:
     """``format.csv``: every inflected form (and the base word itself) -> base word(s)."""
     df = _read_table(path, ("name", "format"))
     forms: dict[str, set[str]] = defaultdict(set)
@@ -107,7 +114,7 @@ def read_forms(path: Path) -> dict[str, set[str]]:
     return dict(forms)
 
 
-def read_synonyms(path: Path) -> dict[str, set[str]]:
+def read_synonyms(path: str) -> dict[str, set[str]]:
     """``synonym``: runs of ``word_runK, synonym_runK``; word -> itself, synonym -> words (union)."""
     df = _read_table(path)
     runs = sorted({c[len("word_run"):] for c in df.columns if c.startswith("word_run")})
@@ -130,16 +137,18 @@ class EmotionWheels:
 
     @classmethod
     def load(cls, wheel_dir: str | os.PathLike, format_file: str | os.PathLike | None = None) -> EmotionWheels:
-        """Load from a directory in the published layout; ``format_file`` swaps in another
-        inflection table (e.g. the revised ``format.csv``)."""
-        root = Path(wheel_dir)
-        if not root.is_dir():
-            raise WheelError(f"wheel dir {root} does not exist or is not a directory")
-        wheels = [Wheel.from_rows(read_wheel(_find_table(root, f"wheel{i}"))) for i in range(1, NUM_WHEELS + 1)]
-        fmt = Path(format_file) if format_file else _find_table(root, "format")
-        if not fmt.exists():
+        """Load from a folder or ``s3://`` prefix in the published layout; ``format_file`` (any URI)
+        swaps in another inflection table (e.g. the revised ``format.csv``)."""
+        root = str(wheel_dir)
+        try:
+            files = {storage.basename(f): f for f in storage.list_files(root, recursive=False)}
+        except storage.StorageError as exc:
+            raise WheelError(f"wheel dir {root} does not exist or is not a directory") from exc
+        wheels = [Wheel.from_rows(read_wheel(_find_table(root, files, f"wheel{i}"))) for i in range(1, NUM_WHEELS + 1)]
+        fmt = str(format_file) if format_file else _find_table(root, files, "format")
+        if not storage.exists(fmt):
             raise WheelError(f"format table {fmt} does not exist")
-        return cls(wheels, read_forms(fmt), read_synonyms(_find_table(root, "synonym")), str(root))
+        return cls(wheels, read_forms(fmt), read_synonyms(_find_table(root, files, "synonym")), root)
 
     def candidates(self, label: str) -> list[str]:
         """Wheel words reachable from ``label`` (form -> base -> synonym map), sorted."""

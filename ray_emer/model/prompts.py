@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 
+from ray_emer.labels import parse_answer
 from ray_emer.model.config import PromptSettings
 
 QUESTIONS = {
@@ -29,10 +29,8 @@ def format_ov_labels(labels: list[str]) -> str:
 
 
 def parse_ov_answer(text: str) -> list[str]:
-    """Inverse of :func:`format_ov_labels`, tolerant of a missing prefix or full stop."""
-    body = text.split(OV_PREFIX, 1)[1] if OV_PREFIX in text else text
-    body = body.strip().split("\n", 1)[0].rstrip(".")
-    return [w for w in (re.sub(r"\s+", " ", p).strip().lower() for p in re.split(r",|;| and ", body)) if w]
+    """Inverse of :func:`format_ov_labels` (the proper rule after the prefix), tolerant of a missing prefix."""
+    return parse_answer(text, OV_PREFIX)
 
 
 @dataclasses.dataclass

@@ -22,8 +22,9 @@ from ray_emer.data.features import ExtractConfig, extract_sequential, read_featu
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import TrainableConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, write_archive
-from ray_emer.train.loop import OptimConfig, TrainConfig, feature_rows, validate
-from ray_emer.train.run import run_training
+from ray_emer.tracking import TrackingConfig
+from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig, feature_rows, validate
+from ray_emer.train.run import run_stage
 
 
 def features(work: str, name: str, synth: SynthConfig) -> str:
@@ -52,19 +53,22 @@ def main() -> None:
                                                   split_fractions=[1.0, 0.0, 0.0]))
     clean = features(work, "clean", SynthConfig(clips=args.clips, seed=22, split_fractions=[0.6, 0.1, 0.3]))
     test_rows = feature_rows(read_features(clean), "test")
-    base = TrainConfig(max_steps=args.steps, batch_size=8, log_every=0, val_samples=0,
-                       optim=OptimConfig(lr=args.lr, warmup_steps=10),
-                       trainable=TrainableConfig(llm=args.llm))
+    base = TrainConfig(max_steps=args.steps, log_every=0, val_samples=0, data=DataConfig(batch_size=8),
+                       optim=OptimConfig(lr=args.lr, warmup_steps=10), trainable=TrainableConfig(llm=args.llm),
+                       scaling=ScalingConfig(engine="local"), tracking=TrackingConfig(enabled=False))
 
-    def stage(name: str, feats: str, seed: int, init: str = "", **kw) -> str:
+    def stage(name: str, feats: str, seed: int, init: str = "", train_split: str = "train",
+              drop_modalities: tuple[str, ...] = (), **kw) -> str:
         out = os.path.join(work, f"{name}_seed{seed}")
-        cfg = dataclasses.replace(base, features=feats, output=out, init=init, seed=seed, **kw)
-        run_training(cfg, log=lambda m: None)
+        data = dataclasses.replace(base.data, train_split=train_split, drop_modalities=list(drop_modalities))
+        cfg = dataclasses.replace(base, features=feats, output=out, init=init, seed=seed, data=data, **kw)
+        run_stage(cfg, log=lambda m: None)
         return out
 
     def accuracy(ckpt: str, drop: tuple[str, ...] = ()) -> float:
         model = load_checkpoint(ckpt)
-        cfg = dataclasses.replace(base, drop_modalities=list(drop), val_samples=len(test_rows))
+        cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, drop_modalities=list(drop)),
+                                  val_samples=len(test_rows))
         return validate(model, test_rows, cfg)["val_label_accuracy"]
 
     def trained(seed: int) -> list[float]:

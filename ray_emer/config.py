@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ray_emer.errors import RayEmerError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(RayEmerError, ValueError):
     """A config file or override does not fit the typed config."""
 
 
@@ -45,7 +47,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"{key}: {value!r} fits none of {tp}")
     if origin is typing.Literal:
-        if value not in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and str(value).lower() in choices:  # YAML reads `use_gpu: true` as a bool
+            return str(value).lower()
+        if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
     if origin in (list, tuple):
@@ -70,6 +75,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads `output: 2024` as a number; the field is a string
+    if tp is str and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it)")
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
@@ -105,15 +114,80 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``'a.b=3'`` -> ``('a.b', 3)``; the value is parsed as a YAML scalar."""
+def field_type(cls: type, dotted: str) -> Any:
+    """The annotation of ``a.b.c`` in dataclass ``cls``; ``Any`` below a free-form mapping field.
+
+    Unknown keys raise ``ConfigError`` naming the known ones, as loading does."""
+    tp: Any = cls
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        tp = _strip_optional(tp)
+        if tp in (dict, Any) or typing.get_origin(tp) is dict:
+            return Any
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"override {dotted}: {'.'.join(parts[:i])} is not a section")
+        types_ = _field_types(tp)
+        if part not in types_:
+            section = ".".join(parts[:i]) or "<root>"
+            raise ConfigError(f"unknown config key {dotted} (known keys under '{section}': "
+                              f"{', '.join(sorted(types_))})")
+        tp = types_[part]
+    return tp
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def parse_value(raw: str, tp: Any, key: str) -> Any:
+    """Parse a command-line string by the type of the field it sets (no YAML guessing for scalars):
+    ``str`` stays as written (``--set output=2024`` is the string "2024"), ``bool`` takes
+    true/false/yes/no/on/off/1/0, numbers parse as numbers, lists and mappings as YAML flow text."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw.strip().lower() in ("none", "null", "~") and type(None) in typing.get_args(tp):
+            return None
+        tp, origin = _strip_optional(tp), typing.get_origin(_strip_optional(tp))
+    if tp is str:
+        return raw
+    if tp is bool:
+        word = raw.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if tp in (int, float):
+        try:
+            return tp(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {raw!r}") from None
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if str(choice) == raw.strip():
+                return choice
+        raise ConfigError(f"{key}: {raw!r} is not one of {list(choices)}")
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse {raw!r}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``'a.b=3'`` -> ``('a.b', '3')``; the value is parsed later, by the field's type."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key, yaml.safe_load(raw) if raw.strip() else ""
+    return key, raw
 
 
 def load_config(
@@ -121,17 +195,27 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults of ``cls``, then ``base``, then the YAML file, then dotted overrides."""
+    """Defaults of ``cls``, then ``base``, then the YAML file, then ``values`` (typed, dotted keys: what the
+    command-line flags gave), then ``--set`` overrides (strings, parsed by each field's type)."""
     data: dict[str, Any] = to_dict(cls()) if base is None else dict(base)
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         _deep_update(data, loaded)
-    for text in overrides or []:
-        key, value = parse_override(text)
+    for key, value in (values or {}).items():
+        field_type(cls, key)
         _set_dotted(data, key, value)
+    for text in overrides or []:
+        key, raw = parse_override(text)
+        _set_dotted(data, key, parse_value(raw, field_type(cls, key), key))
     return from_dict(cls, data)
 
 

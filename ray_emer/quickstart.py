@@ -21,6 +21,7 @@ import time
 from ray_emer import storage
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
+from ray_emer.tracking import TrackingConfig, resolve_uri, tracking
 
 
 def _synth(clips: int, seed: int, coarse: bool, splits: list[float]) -> SynthConfig:
@@ -42,15 +43,17 @@ class QuickstartConfig:
     labeller: LabellerConfig = dataclasses.field(default_factory=lambda: LabellerConfig(batch_size=16))
     gallery: int = 6  # held-out clips shown on the report page
     samples: int = 3  # sample descriptions printed in the terminal
-    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db (local out)
-    experiment: str = "ray_emer-quickstart"
+    seed: int = 0  # training seed of both stages (model initialisation, data order)
+    # MLflow: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db (a local out; an s3:// out
+    # uses the default store, sqlite:///$RAY_EMER_HOME/mlflow.db)
+    tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-quickstart"))
 
 
 def _tracking_uri(cfg: QuickstartConfig) -> str:
-    if cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return cfg.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-    if storage.is_remote(cfg.out):
+    if not cfg.tracking.enabled:
         return ""
+    if cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or storage.is_remote(cfg.out):
+        return resolve_uri(cfg.tracking.uri)
     os.makedirs(cfg.out, exist_ok=True)
     return f"sqlite:///{os.path.abspath(os.path.join(cfg.out, 'mlflow.db'))}"
 
@@ -72,15 +75,16 @@ def _stage(name: str, timings: dict, log):
 def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str, name: str,
            log) -> dict:
     from ray_emer.model.config import TrainableConfig
-    from ray_emer.train.loop import OptimConfig, TrainConfig
-    from ray_emer.train.trainer import run_ray_training
+    from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig
+    from ray_emer.train.run import run_stage
 
-    tcfg = TrainConfig(features=features, output=output, preset="tiny", init=init, train_split=split,
-                       val_split="val", max_steps=steps, batch_size=cfg.batch_size, log_every=10, val_samples=16,
-                       trainable=TrainableConfig(head="full", llm="full"), engine="ray", workers=cfg.workers,
-                       worker_cpus=cfg.worker_cpus, optim=OptimConfig(lr=cfg.lr, warmup_steps=10),
-                       experiment="ray_emer-train", run_name=name)
-    return run_ray_training(tcfg, log=log)
+    tcfg = TrainConfig(features=features, output=output, preset="tiny", init=init, max_steps=steps, log_every=10,
+                       val_samples=16, seed=cfg.seed, trainable=TrainableConfig(head="full", llm="full"),
+                       data=DataConfig(train_split=split, val_split="val", batch_size=cfg.batch_size),
+                       optim=OptimConfig(lr=cfg.lr, warmup_steps=10),
+                       scaling=ScalingConfig(engine="ray", workers=cfg.workers, worker_cpus=cfg.worker_cpus),
+                       tracking=TrackingConfig(experiment="ray_emer-train", run_name=name))
+    return run_stage(tcfg, log=log)
 
 
 def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
@@ -92,8 +96,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
     t_start, timings = time.perf_counter(), {}
     out = cfg.out
     uri = _tracking_uri(cfg)
-    artifacts = None if storage.is_remote(out) else os.path.abspath(os.path.join(out, "mlartifacts"))
-    with parent_run(uri, cfg.experiment, "quickstart", artifacts) as parent:
+    with parent_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or "quickstart") as parent:
         parent.log_params(dataclasses.asdict(cfg))
         with _stage("synthetic archives", timings, log):
             manifests = {name: write_archive(storage.join(out, name), getattr(cfg, name))
@@ -128,11 +131,16 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
         timings["total"] = round(time.perf_counter() - t_start, 1)
         parent.log_metrics({"wall_s": timings["total"]})
     summary = {"report": report["page"], "labels": label_cfg.output, "scores": scores,
-               "stages": {"stage1": s1["output"], "stage2": s2["output"], "features": features},
+               "stages": {"stage1": s1["output"], "stage2": s2["output"], "features": features,
+                          "training": {"stage1": _brief(s1), "stage2": _brief(s2)}},
                "wall_s": timings, "mlflow": uri, "chance": 1 / len(EMOTIONS)}
     log(f"[quickstart] held-out accuracy {scores['accuracy']:.1%} (chance {1 / len(EMOTIONS):.1%}); report: "
         f"{report['page']}; MLflow: {uri or 'off'}; {timings['total']} s")
     return summary
+
+
+def _brief(summary: dict) -> dict:
+    return {k: summary[k] for k in ("steps", "first_loss", "last_loss", "metrics", "wall_s")}
 
 
 def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, losses: dict, timings: dict) -> dict:

@@ -11,8 +11,10 @@ import dataclasses
 
 import pyarrow as pa
 
+from ray_emer.errors import RayEmerError
 
-class SchemaError(ValueError):
+
+class SchemaError(RayEmerError, ValueError):
     """A table does not carry the columns or types a stage hands over."""
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import fsspec
 
+from ray_emer.errors import RayEmerError
+
 S3_PREFIXES = ("s3://", "s3a://")
 
 
-class StorageError(OSError):
+class StorageError(RayEmerError, OSError):
     """A URI cannot be read, listed or written."""
 
 

@@ -316,3 +316,12 @@ def emotion_of(label: str) -> str:
         if label == emotion or label in synonyms:
             return emotion
     return label
+
+
+def synth_job(cfg: SynthConfig, log=None, out: str = "") -> dict:
+    """``ray-emer synth``: write the archive; returns its manifest URI and settings."""
+    if not out:
+        from ray_emer.config import ConfigError
+
+        raise ConfigError("synth needs --out (a folder or s3:// prefix)")
+    return {"manifest": write_archive(out, cfg), "clips": cfg.clips, "seed": cfg.seed, "coarse": cfg.coarse}

@@ -1,9 +1,16 @@
-"""Tracker protocol: MLflow when a tracking URI is set (rank 0 only in distributed jobs),
-a null tracker otherwise. Callers never import mlflow themselves."""
+"""Tracker protocol: every job tracks to MLflow by default (rank 0 only in distributed jobs).
+
+Where to: the job's ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else an open parent run's store,
+else the local default store ``sqlite:///$RAY_EMER_HOME/mlflow.db`` (``RAY_EMER_HOME`` defaults to
+``~/.ray_emer``; artifacts beside it in ``mlartifacts/``). ``tracking.enabled: false`` turns it off.
+A sqlite file lives on one node: on a multi-node cluster run one ``mlflow server`` on the head and set
+``MLFLOW_TRACKING_URI`` to it (README). Callers never import mlflow themselves.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Protocol
@@ -11,6 +18,50 @@ from typing import Protocol
 # While a parent run is open in this process (``parent_run``), every tracker made here becomes its child,
 # in the parent's experiment and store: {"run_id", "experiment", "uri"}
 _PARENT: dict[str, str] = {}
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    enabled: bool = True  # false: no MLflow at all
+    uri: str = ""  # empty: MLFLOW_TRACKING_URI, else the default local store (sqlite:///$RAY_EMER_HOME/mlflow.db)
+    experiment: str = ""  # empty: the job's own (ray_emer-train, ray_emer-extract, ...)
+    run_name: str = ""  # empty: the job's own
+
+
+def tracking(experiment: str) -> TrackingConfig:
+    """A job's default tracking section (its experiment name)."""
+    return TrackingConfig(experiment=experiment)
+
+
+def home() -> str:
+    """ray_emer's local state folder: ``$RAY_EMER_HOME``, else ``~/.ray_emer``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("RAY_EMER_HOME") or "~/.ray_emer"))
+
+
+def default_uri() -> str:
+    """The local default store: ``sqlite:///$RAY_EMER_HOME/mlflow.db``."""
+    os.makedirs(home(), exist_ok=True)
+    return f"sqlite:///{os.path.join(home(), 'mlflow.db')}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside its file (``mlartifacts/``), not into the caller's cwd."""
+    if uri.startswith("sqlite:///"):
+        return os.path.join(os.path.dirname(uri[len("sqlite:///"):]) or ".", "mlartifacts")
+    return None  # a server or a file store decides itself
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 class Tracker(Protocol):
@@ -62,10 +113,12 @@ class MLflowTracker:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
         parent = _PARENT.get("run_id") if not run_id else None
+        client = mlflow.MlflowClient(tracking_uri)
         if run_id:  # a run another process opened lives in its own experiment (a quickstart's, say)
-            mlflow.set_experiment(experiment_id=mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+            mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
         else:
-            mlflow.set_experiment(_PARENT["experiment"] if parent else experiment)
+            mlflow.set_experiment(experiment_id=_experiment_id(
+                client, _PARENT["experiment"] if parent else experiment, tracking_uri))
         # run_id: continue a run another process opened (the driver of a distributed job; a restarted rank 0)
         self.run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name,
                                                                                    parent_run_id=parent)
@@ -85,31 +138,39 @@ class MLflowTracker:
         self._mlflow.end_run()
 
 
-def resolve_uri(tracking_uri: str | None) -> str:
-    """The store a job tracks to: its own URI, else ``MLFLOW_TRACKING_URI``, else an open parent run's ("")."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _PARENT.get("uri", "")
+def resolve_uri(tracking_uri: str | None, enabled: bool = True) -> str:
+    """The store a job tracks to: its own URI, else ``MLFLOW_TRACKING_URI``, else an open parent run's, else
+    the local default store; "" when tracking is off."""
+    if not enabled:
+        return ""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _PARENT.get("uri", "") or default_uri()
 
 
 def make_tracker(tracking_uri: str | None, experiment: str, run_name: str | None = None, rank: int = 0,
                  run_id: str | None = None) -> Tracker:
-    """MLflow if ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``, or an open ``parent_run``'s) is set and this is
-    rank 0."""
+    """MLflow on the resolved store (``resolve_uri``) when this is rank 0; a null tracker otherwise."""
     uri = resolve_uri(tracking_uri)
-    if not uri or rank != 0:
+    if rank != 0:
         return NullTracker()
     return MLflowTracker(uri, experiment, run_name, run_id)
+
+
+def open_tracker(cfg: TrackingConfig, run_name: str | None = None, rank: int = 0) -> Tracker:
+    """The tracker a job's ``tracking`` section asks for (null when disabled or not rank 0)."""
+    if not cfg.enabled or rank != 0:
+        return NullTracker()
+    return make_tracker(cfg.uri or None, cfg.experiment, cfg.run_name or run_name)
 
 
 class ParentTracker:
     """A run that stays open while its children (one per stage of a chain) run; written through the client,
     so it is never the fluent 'active' run that the children's ``start_run`` would refuse to nest under."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_location: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location)
+        exp_id = _experiment_id(self.client, experiment, tracking_uri)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def log_params(self, params: dict) -> None:
@@ -129,14 +190,13 @@ class ParentTracker:
 
 
 @contextlib.contextmanager
-def parent_run(tracking_uri: str | None, experiment: str, run_name: str,
-               artifact_location: str | None = None) -> Iterator[Tracker]:
-    """A parent MLflow run for a chain of jobs in this process: the trackers they make become its children.
-    ``artifact_location`` applies when the experiment is new (else MLflow's default, ./mlruns of the cwd)."""
+def parent_run(tracking_uri: str | None, experiment: str, run_name: str) -> Iterator[Tracker]:
+    """A parent MLflow run for a chain of jobs in this process: the trackers they make become its children
+    ("" or None: no tracking)."""
     if not tracking_uri:
         yield NullTracker()
         return
-    parent = ParentTracker(tracking_uri, experiment, run_name, artifact_location)
+    parent = ParentTracker(tracking_uri, experiment, run_name)
     _PARENT.update(run_id=parent.run_id, experiment=experiment, uri=tracking_uri)
     try:
         yield parent

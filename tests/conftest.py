@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+# Every job tracks to MLflow by default (sqlite:///$RAY_EMER_HOME/mlflow.db): the session's default store is a
+# temp folder, never the user's ~/.ray_emer. Set before any Ray or CLI subprocess starts, so they inherit it.
+os.environ["RAY_EMER_HOME"] = tempfile.mkdtemp(prefix="ray_emer_test_home_")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
@@ -215,3 +220,42 @@ def chrome():
         yield browser
     finally:
         browser.quit()
+
+
+# ---------------------------------------------------------------- test tiers
+# Tests that start Ray, a server or a subprocess are `integration`; `-m "not integration"` is the fast tier.
+# Tests using these fixtures are marked automatically; any other unmarked test that starts Ray or a subprocess
+# fails, saying so. Allowed: the instant probes libraries make on their own (git for the commit id that MLflow
+# and the training params record, uname from Python's platform module).
+PROBES = {"git", "uname"}
+INTEGRATION_FIXTURES = {"ray_local", "ray_head", "s3_endpoint", "s3_bucket", "chrome", "vllm_python", "vllm_case"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_nothing(request, monkeypatch):
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    real_popen = subprocess.Popen.__init__
+
+    def popen(self, args, *a, **kw):
+        first = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        if os.path.basename(str(first)) not in PROBES:
+            pytest.fail(f"{request.node.nodeid} starts a subprocess ({first}): mark it integration")
+        real_popen(self, args, *a, **kw)
+
+    def ray_init(*a, **kw):
+        pytest.fail(f"{request.node.nodeid} starts Ray: mark it integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    import ray
+
+    if not ray.is_initialized():
+        monkeypatch.setattr(ray, "init", ray_init)
+    yield

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.integration  # every test here runs the CLI as a subprocess
+
 
 def run_cli(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "ray_emer.cli", *args], capture_output=True, text=True,

@@ -1,5 +1,6 @@
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -54,11 +55,52 @@ def test_unknown_key_in_yaml(tmp_path):
 
 
 def test_parse_override_forms():
-    assert parse_override("a.b=3") == ("a.b", 3)
-    assert parse_override("a=true") == ("a", True)
-    assert parse_override("a=hello world") == ("a", "hello world")
+    assert parse_override("a.b=3") == ("a.b", "3")  # the value is parsed later, by the field's type
+    assert parse_override("a=x=y") == ("a", "x=y")
     with pytest.raises(ConfigError):
         parse_override("novalue")
+    with pytest.raises(ConfigError):
+        parse_override("=3")
+
+
+@dataclasses.dataclass
+class Typed:
+    output: str = ""
+    flag: bool = False
+    mode: Literal["auto", "true", "false"] = "auto"
+    rate: float = 0.5
+    steps: int = 1
+    maybe: int | None = 3
+    tags: list[str] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_set_values_are_parsed_by_the_field_type():
+    cfg = load_config(Typed, None, ["output=2024", "flag=on", "mode=true", "rate=1e-3", "steps=7", "maybe=none",
+                                    "tags=[a, b]", "extra.depth=4", "inner.mode=on"])
+    assert cfg == Typed(output="2024", flag=True, mode="true", rate=1e-3, steps=7, maybe=None, tags=["a", "b"],
+                        extra={"depth": 4}, inner=Inner(mode="on"))
+    assert load_config(Typed, None, ["output=on", "flag=false", "maybe=5"]) == Typed(output="on", maybe=5)
+    for bad, needle in (("flag=maybe", "flag: expected true or false"), ("mode=yes", "mode: 'yes' is not one of"),
+                        ("steps=1.5", "steps: expected int"), ("inner.speed=1", "unknown config key inner.speed"),
+                        ("output.x=1", "output is not a section")):
+        with pytest.raises(ConfigError, match=bad.split("=")[0] if "unknown" in needle else needle):
+            load_config(Typed, None, [bad])
+
+
+def test_flag_values_keep_their_type_and_yaml_scalars_fit_string_fields(tmp_path):
+    assert load_config(Typed, None, values={"output": "2024", "inner.rate": 2.0}).output == "2024"
+    with pytest.raises(ConfigError, match="unknown config key nope"):
+        load_config(Typed, None, values={"nope": 1})
+    y = tmp_path / "c.yaml"
+    y.write_text("output: 2024\nmode: true\n")  # YAML reads a number and a bool
+    assert load_config(Typed, y) == Typed(output="2024", mode="true")
+    y.write_text("output: on\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(Typed, y)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(Typed, tmp_path / "missing.yaml")
 
 
 def test_from_dict_bool_is_not_int():

@@ -135,7 +135,7 @@ def test_s3_in_and_out(ray_local, s3_bucket):
 def test_cli_extract_prints_progress_and_summary(ray_local, synth_archive, tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     rc = main(["extract", "--input", str(synth_archive), "--output", str(tmp_path / "f"), "--set", "progress=false",
-               "--set", f"tracking_uri=sqlite:///{db}"])
+               "--set", f"tracking.uri=sqlite:///{db}"])
     cap = capsys.readouterr()
     assert rc == 0
     summary = json.loads(cap.out.strip().splitlines()[-1])

@@ -23,6 +23,7 @@ from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
 from ray_emer.model.config import TrainableConfig
 from ray_emer.synthetic import SynthConfig, write_archive
+from ray_emer.tracking import TrackingConfig
 from ray_emer.train.loop import OptimConfig, TrainConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -34,7 +35,8 @@ HELD_OUT = 48
 def trained(tmp_path_factory) -> dict:
     """A tiny model trained briefly (local loop) on one synthetic archive, and the features of a held-out
     archive made with another seed."""
-    from ray_emer.train.run import run_training
+    from ray_emer.train.loop import DataConfig, ScalingConfig
+    from ray_emer.train.run import run_stage
 
     root = tmp_path_factory.mktemp("label")
     paths = {}
@@ -45,10 +47,10 @@ def trained(tmp_path_factory) -> dict:
         paths[name] = str(root / f"{name}_features")
         paths[f"{name}_manifest"] = manifest
     # the tiny LLM is random, so it trains fully (LoRA on a random frozen base learns little: learning benchmark)
-    cfg = TrainConfig(features=paths["train"], output=str(root / "ckpt"), train_split="", max_steps=300,
-                      batch_size=8, log_every=0, val_samples=0, engine="local", trainable=TrainableConfig(llm="full"),
-                      optim=OptimConfig(lr=1e-3, warmup_steps=10))
-    run_training(cfg, log=lambda m: None)
+    cfg = TrainConfig(features=paths["train"], output=str(root / "ckpt"), max_steps=300, log_every=0, val_samples=0,
+                      data=DataConfig(train_split="", batch_size=8), scaling=ScalingConfig(engine="local"),
+                      trainable=TrainableConfig(llm="full"), optim=OptimConfig(lr=1e-3, warmup_steps=10))
+    run_stage(cfg, log=lambda m: None)
     paths["checkpoint"] = cfg.output
     paths["root"] = str(root)
     return paths
@@ -68,7 +70,8 @@ def test_trained_model_labels_a_held_out_archive_far_above_chance(ray_local, tra
     db = tmp_path / "mlflow.db"
     logs: list[str] = []
     summary = run_label(_cfg(trained["heldout"], str(tmp_path / "labels"), trained["checkpoint"], evaluate=True,
-                             tracking_uri=f"sqlite:///{db}"), log=logs.append)
+                             tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-label")),
+                     log=logs.append)
     assert summary["rows"] == summary["ok"] == HELD_OUT and summary["error"] == 0
     scores = summary["scores"]
     # chance is 1/6 = 16.7% (six emotions); measured 50-60% after 300 steps on 160 clips

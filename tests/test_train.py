@@ -17,7 +17,9 @@ from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import get_preset
 from ray_emer.synthetic import SynthConfig
+from ray_emer.errors import TrainDataError
 from ray_emer.train.loop import (
+    DataConfig,
     OptimConfig,
     TrainConfig,
     batches,
@@ -64,13 +66,16 @@ def test_collate_builds_prompts_targets_and_drops_modalities(synth_features):
 
 
 @pytest.mark.timeout(600)
-def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path):
+def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path, capsys):
     out = tmp_path / "stage1"
     db = tmp_path / "mlflow.db"
     rc = main(["train", "--features", str(synth_features), "--output", str(out), "--preset", "tiny",
-               "--max-steps", "60", "--set", "optim.lr=3e-3", "--set", "batch_size=8", "--set", "log_every=10",
-               "--set", f"tracking_uri=sqlite:///{db}", "--set", "val_samples=24", "--set", "engine=local"])
+               "--max-steps", "60", "--set", "optim.lr=3e-3", "--set", "data.batch_size=8", "--set", "log_every=10",
+               "--set", f"tracking.uri=sqlite:///{db}", "--set", "val_samples=24", "--set", "scaling.engine=local"])
     assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["engine"] == "local" and summary["steps"] == 60 and len(summary["losses"]) == 60
+    assert summary["last_loss"] < summary["first_loss"] and "val_label_accuracy" in summary["metrics"]
     cfg_json = json.loads((out / "config.json").read_text())
     assert cfg_json["architecture"] == "AffectGPT" and (out / "adapter" / "adapter_model.safetensors").is_file()
     model = load_checkpoint(str(out))
@@ -88,12 +93,12 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path)
     assert "loss_curve.png" in arts and "stage1" in arts
     # stage 2 starts from stage 1's export
     rc = main(["train", "--features", str(synth_features), "--output", str(tmp_path / "stage2"),
-               "--init", str(out), "--max-steps", "5", "--set", "optim.lr=1e-3", "--set", "engine=local"])
+               "--init", str(out), "--max-steps", "5", "--set", "optim.lr=1e-3", "--set", "scaling.engine=local"])
     assert rc == 0 and (tmp_path / "stage2" / "head.safetensors").is_file()
 
 
 def test_total_steps_and_epochs():
-    cfg = TrainConfig(batch_size=8, epochs=3)
+    cfg = TrainConfig(data=DataConfig(batch_size=8), epochs=3)
     assert total_steps(100, cfg) == 3 * math.ceil(100 / 8)
     cfg.optim.grad_accum = 2
     assert total_steps(100, cfg, world_size=2) == 3 * (math.ceil(50 / 8) // 2)
@@ -112,14 +117,23 @@ def test_feature_rows_skip_errors_and_other_splits(synth_features):
 def test_mlflow_tracking_does_not_leak_into_the_environment(tmp_path, monkeypatch):
     import os
 
-    from ray_emer.tracking import NullTracker, make_tracker
+    from ray_emer.tracking import MLflowTracker, NullTracker, TrackingConfig, default_uri, make_tracker, open_tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RAY_EMER_HOME", str(tmp_path / "home"))
     tracker = make_tracker(f"sqlite:///{tmp_path / 'm.db'}", "leak-check")
     tracker.log_metrics({"x": 1.0})
     tracker.close()
     assert "MLFLOW_TRACKING_URI" not in os.environ  # mlflow.set_tracking_uri exports it; we put it back
-    assert isinstance(make_tracker(None, "leak-check"), NullTracker)
+    # tracking is on by default: no URI anywhere -> the local default store under RAY_EMER_HOME
+    assert default_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    tracker = open_tracker(TrackingConfig(experiment="default-store"))
+    assert isinstance(tracker, MLflowTracker)
+    tracker.log_artifact(__file__)
+    tracker.close()
+    assert (tmp_path / "home" / "mlflow.db").is_file()
+    assert list((tmp_path / "home" / "mlartifacts").rglob("test_train.py"))  # artifacts beside the store, not cwd
+    assert isinstance(open_tracker(TrackingConfig(enabled=False)), NullTracker)
 
 
 def test_no_usable_rows_fails_at_once_with_the_counts(synth_features, tmp_path, capsys):
@@ -134,8 +148,8 @@ def test_no_usable_rows_fails_at_once_with_the_counts(synth_features, tmp_path, 
     for col in ("description", "labels"):  # what extraction writes for a folder of videos without a manifest
         table = table.set_column(table.column_names.index(col), col, pa.nulls(table.num_rows, table.schema.field(col).type))
     pq.write_table(table, bare / "part-0.parquet")
-    rc = main(["train", "--features", str(bare), "--output", str(tmp_path / "out"), "--set", "engine=local",
-               "--set", "train_split="])
+    rc = main(["train", "--features", str(bare), "--output", str(tmp_path / "out"), "--set", "scaling.engine=local",
+               "--set", "data.train_split="])
     err = capsys.readouterr().err
     assert rc == 2 and f"no usable training rows: {table.num_rows} rows, {table.num_rows} ok" in err, err
     assert not (tmp_path / "out").exists()
@@ -145,5 +159,30 @@ def test_an_epoch_without_batches_is_an_error_not_a_spin():
     from ray_emer.train.loop import train
 
     model = AffectGPT.build(get_preset("tiny"))
-    with pytest.raises(ValueError, match="epoch 0 yielded no batch; 0 of 5 steps done"):
+    with pytest.raises(TrainDataError, match="epoch 0 yielded no batch; 0 of 5 steps done"):
         train(model, lambda epoch: iter(()), TrainConfig(log_every=0), total_steps=5)
+
+
+def test_the_training_seed_seeds_the_stage_model_and_nothing_else_does(tmp_path):
+    """``TrainConfig.seed`` decides the head / LLM / LoRA initialisation of a stage (fresh or from --init)."""
+    from ray_emer.model.checkpoint import save_checkpoint
+    from ray_emer.train.run import build_model
+
+    def head(seed, **kw):
+        return build_model(TrainConfig(seed=seed, **kw)).head.state_dict()
+
+    a, b, again = head(0), head(1), head(0)
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # stage 2 from an export: saved weights load as saved, only new LoRA adapters follow the seed
+    from ray_emer.model.config import TrainableConfig
+
+    save_checkpoint(build_model(TrainConfig(seed=3, trainable=TrainableConfig(llm="full"))), str(tmp_path / "s1"))
+
+    def lora(seed):
+        model = build_model(TrainConfig(seed=seed, init=str(tmp_path / "s1")))
+        return {k: v for k, v in model.llm.state_dict().items() if "lora_A" in k}
+
+    l0, l1 = lora(0), lora(1)
+    assert l0 and any(not torch.equal(l0[k], l1[k]) for k in l0)
+    assert all(torch.equal(l0[k], v) for k, v in lora(0).items())

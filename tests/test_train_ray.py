@@ -11,7 +11,9 @@ from conftest import synthetic_features
 from ray_emer.data.features import read_features
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.synthetic import SynthConfig
-from ray_emer.train.loop import OptimConfig, TrainConfig, batches, feature_rows
+from ray_emer.tracking import TrackingConfig
+from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig, batches, feature_rows
+from ray_emer.train.run import run_stage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -22,8 +24,9 @@ def features(tmp_path_factory):
 
 
 def _cfg(features, out, **kw) -> TrainConfig:
-    return TrainConfig(features=str(features), output=str(out), preset="tiny", workers=2, worker_cpus=0.5,
-                       batch_size=4, max_steps=6, log_every=1, val_samples=8, val_max_new_tokens=6,
+    scaling = ScalingConfig(workers=2, worker_cpus=0.5, checkpoint_every=kw.pop("checkpoint_every", 0))
+    return TrainConfig(features=str(features), output=str(out), preset="tiny", scaling=scaling,
+                       data=DataConfig(batch_size=4), max_steps=6, log_every=1, val_samples=8, val_max_new_tokens=6,
                        optim=OptimConfig(lr=3e-3, warmup_steps=1, schedule="constant"), **kw)
 
 
@@ -31,10 +34,10 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     from ray_emer.train.trainer import run_ray_training
 
     db = tmp_path / "mlflow.db"
-    cfg = _cfg(features, tmp_path / "export", checkpoint_every=2, fault_rank=1, fault_step=3,
-               tracking_uri=f"sqlite:///{db}", run_name="crashy")
-    summary = run_ray_training(cfg, log=lambda m: None)
-    assert summary["step"] == 6 and summary["n_losses"] == 6
+    cfg = _cfg(features, tmp_path / "export", checkpoint_every=2,
+               tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-train", run_name="crashy"))
+    summary = run_ray_training(cfg, log=lambda m: None, fault=(1, 3))
+    assert summary["steps"] == 6 and len(summary["losses"]) == 6 and summary["engine"] == "ray"
     # the crash happened (marker) and the group resumed from the step-2 checkpoint
     storage = tmp_path / "export.ray"
     assert list(storage.glob(".fault_injected_rank1_step3"))
@@ -66,7 +69,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     assert {"loss_curve.png", "export"} <= arts
 
     # an uninterrupted run ends at a close loss
-    clean = run_ray_training(dataclasses.replace(cfg, output=str(tmp_path / "clean"), fault_rank=-1,
-                                                 tracking_uri="", run_name="clean"), log=lambda m: None)
-    assert clean["step"] == 6
+    clean = run_stage(dataclasses.replace(cfg, output=str(tmp_path / "clean"),
+                                          tracking=TrackingConfig(enabled=False)), log=lambda m: None)
+    assert clean["steps"] == 6 and set(clean) == set(summary)
     assert abs(clean["last_loss"] - summary["last_loss"]) < 0.35 * clean["first_loss"]

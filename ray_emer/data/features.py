@@ -18,6 +18,7 @@ import io
 import json
 import time
 import uuid
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from ray_emer import storage
 from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri
 from ray_emer.schema import FEATURE_REQUIRED, MANIFEST_SCHEMA, conform, feature_schema, tensor_array
+from ray_emer.tracking import TrackingConfig, tracking
 
 
 @dataclasses.dataclass
@@ -42,9 +44,8 @@ class ExtractConfig:
     decode_tasks: int = 0  # concurrent decode tasks; 0: the CPUs left after the encoder actors
     encoder_cpus: float = 0.5  # CPUs per encoder actor (ignored with GPUs)
     num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
-    use_gpu: str = "auto"  # auto | true | false
-    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI or no tracking
-    experiment: str = "ray_emer-extract"
+    use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
+    tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     progress: bool = True
 
 

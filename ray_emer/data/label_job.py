@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from ray_emer.data.features import ExtractConfig, done_clip_ids, part_files, rea
 from ray_emer.data.pipeline import ensure_ray, run_extract, use_gpu
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.schema import label_table
-from ray_emer.tracking import make_tracker
+from ray_emer.tracking import TrackingConfig, open_tracker, tracking
 
 FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_audio", "video_feats", "audio_feats"]
 
@@ -46,11 +47,10 @@ class LabelJobConfig:
     extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # archive input only
     num_actors: int = 1  # labelling actors (one GPU each when the cluster has GPUs)
     actor_cpus: float = 1.0  # CPUs per actor without GPUs
-    use_gpu: str = "auto"  # auto | true | false
+    use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     evaluate: bool = False  # score against the gold labels/descriptions the input carries
     wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
-    tracking_uri: str = ""  # MLflow; empty: MLFLOW_TRACKING_URI or no tracking
-    experiment: str = "ray_emer-label"
+    tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-label"))
     progress: bool = True
 
 
@@ -82,7 +82,7 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     out = storage.join(cfg.output, "_features")
     log(f"[label] {cfg.input} is an archive: extracting features into {out} first")
     ext = dataclasses.replace(cfg.extract, input=cfg.input, output=out, preset=cfg.checkpoint,
-                              progress=cfg.progress, tracking_uri="")
+                              progress=cfg.progress, tracking=TrackingConfig(enabled=False))
     return out, run_extract(ext, log=log)
 
 
@@ -135,7 +135,9 @@ def run_label(cfg: LabelJobConfig, log=None) -> dict:
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not cfg.input or not cfg.output or not cfg.checkpoint:
-        raise ValueError("label needs input, output and checkpoint")
+        from ray_emer.config import ConfigError
+
+        raise ConfigError("label needs --input, --output and --checkpoint (or input/output/checkpoint in the config)")
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
     ensure_ray()
@@ -196,7 +198,7 @@ def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, lo
 
 
 def _track(cfg: LabelJobConfig, summary: dict) -> None:
-    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, run_name="label")
+    tracker = open_tracker(cfg.tracking, run_name="label")
     try:
         tracker.log_params(dataclasses.asdict(cfg))
         tracker.log_metrics({k: summary[k] for k in ("clips", "processed", "skipped", "ok", "error", "wall_s",

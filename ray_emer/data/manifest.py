@@ -18,13 +18,14 @@ import pyarrow.parquet as pq
 from ray_emer import storage
 from ray_emer.labels import parse_labels
 from ray_emer.schema import MANIFEST_REQUIRED, MANIFEST_SCHEMA, SchemaError, conform
+from ray_emer.errors import RayEmerError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
 SUBTITLE_SUFFIXES = (".txt",)
 
 
-class ManifestError(ValueError):
+class ManifestError(RayEmerError, ValueError):
     """An archive or manifest cannot be turned into manifest rows."""
 
 
@@ -144,3 +145,21 @@ def join_published(
             side = side.map(parse_labels)
         df[out_col] = [side.get(cid, cur) for cid, cur in zip(df["clip_id"], df[out_col])]
     return conform(pa.Table.from_pandas(df, preserve_index=False), MANIFEST_SCHEMA, MANIFEST_REQUIRED)
+
+
+def build_manifest(input: str, subtitles: str | None = None, reasons: str | None = None,
+                   openset: str | None = None, output: str | None = None) -> dict:
+    """``ray-emer manifest``: read a folder / prefix / CSV / Parquet, optionally join the published layouts,
+    optionally write the manifest as Parquet (any URI)."""
+    table = read_manifest(input)
+    if subtitles or reasons or openset:
+        table = join_published(table, subtitles, reasons, openset)
+    if output:
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(output, buf.getvalue())
+    return {"rows": table.num_rows, "columns": table.column_names, "output": output}

@@ -26,7 +26,7 @@ from ray_emer.data.features import (
     stack_rows,
     write_shard,
 )
-from ray_emer.tracking import make_tracker
+from ray_emer.tracking import open_tracker
 
 
 def _decode(batch: dict[str, np.ndarray], media) -> dict[str, np.ndarray]:
@@ -74,7 +74,9 @@ def _decode_tasks(cfg: ExtractConfig, gpu: bool) -> int:
 def run_extract(cfg: ExtractConfig, log=print) -> dict:
     """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts."""
     if not cfg.input or not cfg.output:
-        raise ValueError("extract needs both input and output")
+        from ray_emer.config import ConfigError
+
+        raise ConfigError("extract needs --input and --output (or input/output in the config)")
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg)
@@ -120,7 +122,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
 
 
 def _track(cfg: ExtractConfig, summary: dict) -> None:
-    tracker = make_tracker(cfg.tracking_uri or None, cfg.experiment, run_name="extract")
+    tracker = open_tracker(cfg.tracking, run_name="extract")
     try:
         tracker.log_params(dataclasses.asdict(cfg))
         tracker.log_metrics({k: summary[k] for k in ("clips", "processed", "skipped", "ok", "error",

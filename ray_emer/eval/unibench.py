@@ -19,6 +19,7 @@ import pandas as pd
 from ray_emer import storage
 from ray_emer.eval.metrics import hit_rate, ov_fscore, sentiment_scores
 from ray_emer.eval.wheel import EmotionWheels
+from ray_emer.errors import RayEmerError
 from ray_emer.labels import PARSING_RULES, parse_labels
 
 KINDS = ("basic", "sentiment", "ov")
@@ -34,7 +35,7 @@ DATASET_KIND = {"mer2023": "basic", "mer2024": "basic", "meld": "basic", "iemoca
 TABLE_COLUMNS = ["mer2023", "mer2024", "meld", "iemocap", "cmumosi", "cmumosei", "sims", "simsv2", "ovmerd"]
 
 
-class EvalInputError(ValueError):
+class EvalInputError(RayEmerError, ValueError):
     """An evaluation input file is missing, empty or malformed."""
 
 

@@ -18,12 +18,13 @@ from collections import defaultdict
 import pandas as pd
 
 from ray_emer import storage
+from ray_emer.errors import RayEmerError
 
 NUM_WHEELS = 5
 WHEEL_COLUMNS = ("level1", "level2", "level3")
 
 
-class WheelError(ValueError):
+class WheelError(RayEmerError, ValueError):
     """The wheel tables are missing or malformed."""
 
 

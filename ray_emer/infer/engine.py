@@ -16,6 +16,8 @@ from typing import Protocol
 
 import torch
 
+from ray_emer.errors import RayEmerError
+
 
 @dataclasses.dataclass
 class GenerationConfig:
@@ -36,7 +38,7 @@ class Generation:
         return len(self.token_ids)
 
 
-class EngineError(RuntimeError):
+class EngineError(RayEmerError, RuntimeError):
     """An engine cannot run a request (bad prompt embeddings, a dead engine, ...)."""
 
 

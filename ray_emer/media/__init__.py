@@ -8,7 +8,7 @@ Every failure raises ``MediaError`` with the file and a reason code.
 """
 
 from ray_emer.media.audio import SAMPLE_RATE, audio_windows, load_audio
-from ray_emer.media.clip import DecodedClip, MediaConfig, decode_clip, decode_uri
+from ray_emer.media.clip import DecodedClip, MediaConfig, decode_clip, decode_summary, decode_uri
 from ray_emer.media.errors import MediaError
 from ray_emer.media.probe import Probe, probe
 from ray_emer.media.video import decode_video_frames, frame_indices
@@ -21,6 +21,7 @@ __all__ = [
     "Probe",
     "audio_windows",
     "decode_clip",
+    "decode_summary",
     "decode_uri",
     "decode_video_frames",
     "frame_indices",

@@ -101,3 +101,17 @@ def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> D
     else:
         windows, has_audio = np.zeros((cfg.num_audio_windows, win), np.float32), False
     return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces)
+
+
+def decode_summary(file: str, audio: str | None = None, num_frames: int = 8, size: int = 224,
+                   max_duration: float = 600.0, backend: str = "auto") -> dict:
+    """``ray-emer decode``: decode one clip as the pipeline does and describe the result.
+
+    A missing or unreadable file is a ``MediaError`` (``not_found``) like any other bad file."""
+    from ray_emer import storage
+
+    cfg = MediaConfig(num_frames=num_frames, frame_size=size, max_duration_s=max_duration, video_backend=backend)
+    try:
+        return decode_uri(file, audio, cfg).summary()
+    except storage.StorageError as exc:
+        raise MediaError(file, "not_found", str(exc)) from exc

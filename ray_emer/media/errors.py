@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ray_emer.errors import RayEmerError
+
 REASONS = (
     "not_found",
     "zero_bytes",
@@ -14,8 +16,10 @@ REASONS = (
 )
 
 
-class MediaError(Exception):
+class MediaError(RayEmerError):
     """A clip cannot be decoded. ``reason`` is one of ``REASONS``; ``str()`` is for people."""
+
+    exit_code = 1  # ray-emer decode: this file is bad
 
     def __init__(self, path: str, reason: str, detail: str = "") -> None:
         if reason not in REASONS:

@@ -29,11 +29,12 @@ from ray_emer.model.affectgpt import AffectGPT, build_llm
 from ray_emer.model.config import AffectGPTConfig, TrainableConfig
 from ray_emer.model.head import MultimodalHead
 from ray_emer.model.tokenizer import build_tokenizer
+from ray_emer.errors import RayEmerError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RayEmerError, ValueError):
     """A checkpoint directory is missing a part or holds an unsafe file."""
 
 

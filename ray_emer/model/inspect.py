@@ -57,3 +57,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{name:<22}{row['params']:>16,}{row['trainable']:>16,}")
     lines.append(f"{'total':<22}{report['total_params']:>16,}{report['trainable_params']:>16,}")
     return "\n".join(lines)
+
+
+def inspect_preset(preset: str, overrides: list[str] | None = None, encoders: bool = True) -> dict:
+    """``ray-emer model inspect``: a preset name or checkpoint directory, with dotted config overrides."""
+    from ray_emer.model.config import resolve_model_config
+
+    return inspect_model(resolve_model_config(preset, overrides), encoders=encoders)

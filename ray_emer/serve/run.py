@@ -6,20 +6,21 @@ import signal
 import sys
 import threading
 
-from ray_emer.config import load_config
+from ray_emer.serve.app import ServeArgs
 
 
-def serve_local(checkpoint: str, port: int = 8000, max_upload_mb: float = 50.0, host: str = "127.0.0.1",
-                auth: bool = True, engine: str = "hf", config: str | None = None,
-                overrides: list[str] | None = None) -> int:
+def serve_local(args: ServeArgs, log=None, port: int = 8000, host: str = "127.0.0.1") -> int:
+    """Serve ``args.checkpoint`` on http://HOST:PORT until SIGINT/SIGTERM; returns the exit code."""
     import ray
     from ray import serve
 
-    from ray_emer.serve.app import ServeArgs, build_app
+    from ray_emer.serve.app import build_app
 
-    flags = [f"checkpoint={checkpoint}", f"max_upload_mb={max_upload_mb}", f"auth={str(auth).lower()}",
-             f"engine={engine}"]
-    args = load_config(ServeArgs, config, flags + list(overrides or []))
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if not args.checkpoint:
+        from ray_emer.config import ConfigError
+
+        raise ConfigError("serve needs --checkpoint (or checkpoint in the config)")
     stop = threading.Event()
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
@@ -28,8 +29,7 @@ def serve_local(checkpoint: str, port: int = 8000, max_upload_mb: float = 50.0, 
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name="ray_emer", route_prefix="/")
-        print(f"[serve] ray_emer on http://{host}:{port}/ (demo page), API under /v1; Ctrl-C stops",
-              file=sys.stderr, flush=True)
+        log(f"[serve] ray_emer on http://{host}:{port}/ (demo page), API under /v1; Ctrl-C stops")
         stop.wait()
     finally:
         serve.shutdown()

@@ -23,11 +23,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ray_emer.errors import TrainDataError
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import TrainableConfig
 from ray_emer.model.processing import label_list
 from ray_emer.model.prompts import parse_ov_answer
-from ray_emer.tracking import NullTracker, Tracker
+from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
 
 
 @dataclasses.dataclass
@@ -43,6 +44,30 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class DataConfig:
+    """What a stage trains on and how it is batched."""
+
+    train_split: str = "train"  # rows whose split matches ("" = all ok rows)
+    val_split: str = "val"
+    batch_size: int = 8  # per worker
+    task: Literal["hybrid", "description", "ov_labels"] = "hybrid"
+    drop_modalities: list[str] = dataclasses.field(default_factory=list)  # ablation: audio | video
+
+
+@dataclasses.dataclass
+class ScalingConfig:
+    """Where a stage runs: this process (``local``) or Ray Train + FSDP2 workers (``ray``)."""
+
+    engine: Literal["ray", "local"] = "ray"
+    workers: int = 1
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    worker_cpus: float = 0.5  # CPUs per worker without GPUs (fractional: small machines never starve)
+    checkpoint_every: int = 0  # optimizer steps between distributed checkpoints (0: none)
+    storage_path: str = ""  # Ray Train run storage (checkpoints); empty: <output>.ray next to the output
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+
+
+@dataclasses.dataclass
 class TrainConfig:
     features: str = ""  # feature shards (ray-emer extract output)
     output: str = ""  # exported checkpoint directory
@@ -50,32 +75,17 @@ class TrainConfig:
     init: str = ""  # checkpoint directory of an earlier stage
     model_overrides: list[str] = dataclasses.field(default_factory=list)  # e.g. ["fusion=none"]
     trainable: TrainableConfig = dataclasses.field(default_factory=TrainableConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    task: Literal["hybrid", "description", "ov_labels"] = "hybrid"
-    drop_modalities: list[str] = dataclasses.field(default_factory=list)  # ablation: audio | video
-    train_split: str = "train"  # rows whose split matches ("" = all ok rows)
-    val_split: str = "val"
-    batch_size: int = 8  # per worker
+    scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-train"))
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; 0 = run the epochs
     log_every: int = 10
     val_every: int = 0  # optimizer steps between validations; 0 = at the end only
     val_samples: int = 64
     val_max_new_tokens: int = 24
-    seed: int = 0
-    tracking_uri: str = ""
-    experiment: str = "ray_emer-train"
-    run_name: str = ""
-    # distributed (Ray Train + FSDP2; engine "local" runs this process only)
-    engine: Literal["ray", "local"] = "ray"
-    workers: int = 1
-    use_gpu: str = "auto"  # auto | true | false
-    worker_cpus: float = 0.5  # CPUs per worker without GPUs (fractional: small machines never starve)
-    checkpoint_every: int = 0  # optimizer steps between distributed checkpoints (0: none)
-    storage_path: str = ""  # Ray Train run storage (checkpoints); empty: <output>.ray next to the output
-    max_failures: int = 1  # worker-group restarts from the last checkpoint
-    fault_rank: int = -1  # test only: crash this rank once ...
-    fault_step: int = -1  # ... right after this optimizer step
+    seed: int = 0  # model initialisation (head, random LLM, LoRA), data order and task sampling
 
 
 # ---------------------------------------------------------------- data
@@ -92,7 +102,7 @@ def require_rows(rows: list[dict], split: str, source: str) -> None:
         return
     ok = [r for r in rows if r["status"] == "ok"]
     in_split = [r for r in ok if not split or r.get("split") == split]
-    raise ValueError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(in_split)} in split "
+    raise TrainDataError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(in_split)} in split "
                      f"{split or '<any>'!r}, 0 of those with a description or labels (extract a manifest that "
                      f"carries them, or set train_split)")
 
@@ -157,9 +167,9 @@ def validate(model: AffectGPT, rows: list[dict], cfg: TrainConfig, max_samples: 
         return {}
     was_training = model.training
     model.eval()
-    rng, drop = random.Random(0), tuple(cfg.drop_modalities)
+    rng, drop = random.Random(0), tuple(cfg.data.drop_modalities)
     losses, hits = [], 0
-    for batch in batches(rows, cfg.batch_size, rng, shuffle=False):
+    for batch in batches(rows, cfg.data.batch_size, rng, shuffle=False):
         with _autocast(model):
             proc = model.processor
             losses.append(float(model(proc.from_rows(batch, "ov_labels", rng, drop)).loss))
@@ -200,7 +210,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     state = state or TrainState()
     opt, sched = optimizer or make_optimizer(model, cfg.optim, total_steps)
     rng = random.Random(cfg.seed + state.step)
-    drop, accum = tuple(cfg.drop_modalities), max(1, cfg.optim.grad_accum)
+    drop, accum = tuple(cfg.data.drop_modalities), max(1, cfg.optim.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     t_log, samples_log = time.perf_counter(), 0
@@ -209,7 +219,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
         for batch in epoch_batches(state.epoch):
             seen += 1
             with _autocast(model):
-                loss = model(model.processor.from_rows(batch, cfg.task, rng, drop)).loss / accum
+                loss = model(model.processor.from_rows(batch, cfg.data.task, rng, drop)).loss / accum
             loss.backward()
             running += loss.item()
             micro += 1
@@ -237,14 +247,14 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
             if state.step >= total_steps:
                 break
         if not seen:  # an empty epoch would loop forever without a step
-            raise ValueError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
+            raise TrainDataError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
         state.epoch += 1
     return state
 
 
 def steps_per_epoch(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
     per_worker = math.ceil(n_rows / world_size)
-    return max(1, math.ceil(per_worker / cfg.batch_size) // max(1, cfg.optim.grad_accum))
+    return max(1, math.ceil(per_worker / cfg.data.batch_size) // max(1, cfg.optim.grad_accum))
 
 
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 
 import ray
 import ray.train
@@ -24,7 +25,7 @@ import torch
 from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
 from ray_emer.data.features import read_features
-from ray_emer.tracking import NullTracker, make_tracker, resolve_uri
+from ray_emer.tracking import NullTracker, make_tracker, open_tracker, resolve_uri
 from ray_emer.train.loop import (
     TrainConfig,
     TrainState,
@@ -48,9 +49,9 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _fault_marker(cfg: TrainConfig) -> str:
+def _fault_marker(cfg: TrainConfig, rank: int, step: int) -> str:
     os.makedirs(_storage_path(cfg), exist_ok=True)
-    return os.path.join(_storage_path(cfg), f".fault_injected_rank{cfg.fault_rank}_step{cfg.fault_step}")
+    return os.path.join(_storage_path(cfg), f".fault_injected_rank{rank}_step{step}")
 
 
 def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
@@ -108,7 +109,6 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _device()
-    torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = shard_model(model.to(device=device, dtype=dtype))
@@ -116,20 +116,23 @@ def train_worker(config: dict) -> None:
     opt, sched = make_optimizer(model, cfg.optim, steps)
     state = _resume(model, opt, sched)
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
-    tracker = make_tracker(config["tracking_uri"], cfg.experiment, rank=rank, run_id=run_id) if run_id \
+    tracker = make_tracker(config["tracking_uri"], cfg.tracking.experiment, rank=rank, run_id=run_id) if run_id \
         else NullTracker()
+    fault_rank, fault_step = config.get("fault") or (-1, -1)
     if state is None:
         log_stage_params(tracker, cfg, model, world)
     shard = ray.train.get_dataset_shard("train")
 
     def epoch_batches(epoch: int):
-        return shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+        return shard.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy")
 
     def on_step(st: TrainState) -> None:
-        if rank == cfg.fault_rank and st.step == cfg.fault_step and not os.path.exists(_fault_marker(cfg)):
-            open(_fault_marker(cfg), "w").close()
+        marker = _fault_marker(cfg, rank, st.step) if (rank, st.step) == (fault_rank, fault_step) else None
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
             os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
-        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < steps:
+        every = cfg.scaling.checkpoint_every
+        if every and st.step % every == 0 and st.step < steps:
             _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
 
     val_rows = config.get("val_rows") or []
@@ -140,8 +143,7 @@ def train_worker(config: dict) -> None:
     if rank == 0:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
-    final = {"step": state.step, "first_loss": state.losses[0] if state.losses else None,
-             "last_loss": state.losses[-1] if state.losses else None, "losses": state.losses, **metrics}
+    final = {"step": state.step, "losses": state.losses, "metrics": metrics}
     # Train V2 keeps only metrics that come with a checkpoint: rank 0 attaches a small "final" one
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
@@ -154,7 +156,7 @@ def train_worker(config: dict) -> None:
 
 # ---------------------------------------------------------------- driver side
 def _storage_path(cfg: TrainConfig) -> str:
-    return cfg.storage_path or (cfg.output.rstrip("/") + ".ray")
+    return cfg.scaling.storage_path or (cfg.output.rstrip("/") + ".ray")
 
 
 def _dataset(cfg: TrainConfig):
@@ -163,50 +165,51 @@ def _dataset(cfg: TrainConfig):
     cols = ["clip_id", "subtitle", "description", "labels", "split", "status", "has_video", "has_audio",
             "video_feats", "audio_feats"]
     ds = ray.data.read_parquet(files).select_columns(cols)
-    split = cfg.train_split
+    split = cfg.data.train_split
     return ds.filter(lambda r: usable_row(r, split))
 
 
-def _use_gpu(cfg: TrainConfig) -> bool:
-    if cfg.use_gpu in ("true", "false"):
-        return cfg.use_gpu == "true"
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def run_ray_training(cfg: TrainConfig, log=print) -> dict:
-    """Train one stage with Ray Train (joins a running cluster, else starts a local one)."""
+def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None = None) -> dict:
+    """Train one stage with Ray Train (joins a running cluster, else starts a local one); ``run_stage`` with
+    ``scaling.engine: ray``. ``fault=(rank, step)`` (tests only) crashes that rank once right after that step."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init()
-    gpu = _use_gpu(cfg)
+    from ray_emer.data.pipeline import ensure_ray, use_gpu
+    from ray_emer.train.run import check_io, stage_summary
+
+    check_io(cfg)
+    t0 = time.perf_counter()
+    ensure_ray()
+    gpu = use_gpu(cfg.scaling.use_gpu)
+    sc = cfg.scaling
     light = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
-    require_rows(light, cfg.train_split, cfg.features)  # before any worker starts: nothing to train fails now
-    n_train = sum(usable_row(r, cfg.train_split) for r in light)
-    steps = total_steps(n_train, cfg, cfg.workers)
+    split = cfg.data.train_split
+    require_rows(light, split, cfg.features)  # before any worker starts: nothing to train fails now
+    n_train = sum(usable_row(r, split) for r in light)
+    steps = total_steps(n_train, cfg, sc.workers)
     val_rows = []
-    if cfg.val_samples and cfg.val_split:  # only the validation split's features come to the driver
+    if cfg.val_samples and cfg.data.val_split:  # only the validation split's features come to the driver
         import pyarrow.dataset as pads
 
-        val = read_features(cfg.features, filter=pads.field("split") == cfg.val_split)
-        val_rows = feature_rows(val, cfg.val_split)[: cfg.val_samples]
-    log(f"[train] {n_train} train rows on {cfg.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
+        val = read_features(cfg.features, filter=pads.field("split") == cfg.data.val_split)
+        val_rows = feature_rows(val, cfg.data.val_split)[: cfg.val_samples]
+    log(f"[train] {n_train} train rows on {sc.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
     storage_path = _storage_path(cfg)
-    name = cfg.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"
+    name = cfg.tracking.run_name or f"train-{storage.basename(cfg.output.rstrip('/'))}"
     # the driver opens the MLflow run; rank 0 (first start or restart) logs into that same run
-    tracking_uri = resolve_uri(cfg.tracking_uri)
-    tracker = make_tracker(tracking_uri or None, cfg.experiment, cfg.run_name or None)
+    tracker = open_tracker(cfg.tracking, run_name=name)
+    tracking_uri = resolve_uri(cfg.tracking.uri, cfg.tracking.enabled)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows,
+        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "fault": fault,
                            "mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu,
-                                     resources_per_worker=None if gpu else {"CPU": cfg.worker_cpus}),
+        scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=gpu,
+                                     resources_per_worker=None if gpu else {"CPU": sc.worker_cpus}),
         run_config=RunConfig(name=name, storage_path=os.path.abspath(storage_path)
                              if not storage.is_remote(storage_path) else storage_path,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             failure_config=FailureConfig(max_failures=sc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": _dataset(cfg)},
     )
@@ -214,9 +217,10 @@ def run_ray_training(cfg: TrainConfig, log=print) -> dict:
         result = trainer.fit()
     finally:
         tracker.close()
-    metrics = dict(result.metrics or {})
-    losses = metrics.pop("losses", [])
-    log(f"[train] {metrics.get('step')} steps, loss {metrics.get('first_loss')} -> {metrics.get('last_loss')}; "
+    final = dict(result.metrics or {})
+    summary = stage_summary(cfg, final.get("step", 0), final.get("losses", []), final.get("metrics", {}),
+                            sc.workers, time.perf_counter() - t0,
+                            result.checkpoint.path if result.checkpoint else None)
+    log(f"[train] {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}; "
         f"exported {cfg.output}")
-    return {**metrics, "output": cfg.output, "n_losses": len(losses), "losses": losses,
-            "checkpoint": result.checkpoint.path if result.checkpoint else None}
+    return summary

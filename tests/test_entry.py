@@ -105,3 +105,16 @@ def test_one_error_base_class_caught_once_with_its_exit_code(monkeypatch, capsys
     monkeypatch.setattr("ray_emer.synthetic.synth_job", lambda cfg, log=None, out="": 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli.main(["synth", "--out", "x"])
+
+
+def test_an_unmarked_test_cannot_start_a_subprocess_or_ray():
+    """The fast tier stays fast: conftest fails unmarked tests that start a subprocess or Ray."""
+    import subprocess
+
+    import ray
+
+    with pytest.raises(pytest.fail.Exception, match="mark it integration"):
+        subprocess.run(["true"])
+    if not ray.is_initialized():
+        with pytest.raises(pytest.fail.Exception, match="starts Ray: mark it integration"):
+            ray.init()

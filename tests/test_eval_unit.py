@@ -16,7 +16,7 @@ from ray_emer.eval.wheel import EmotionWheels, Wheel, WheelError
 
 
 @pytest.fixture(scope="module")
-def tiny_wheels(tmp_path_factory):
+def tiny_wheel_dir(tmp_path_factory):
     """Five identical 2-class wheels written as CSV, with forms and synonyms."""
     d = tmp_path_factory.mktemp("wheels")
     rows = "level1,level2,level3\nHappy,Joyful,Delighted\n,Content,Calm\nSad,Lonely,Isolated\nSad,Hurt,\n"
@@ -26,7 +26,12 @@ def tiny_wheels(tmp_path_factory):
                                   'glad,"glad,gladness"\nlonely,"lonely,loneliness"\nneutral,neutral\n')
     (d / "synonym.csv").write_text('word_run1,synonym_run1,word_run2,synonym_run2\nhappy,"glad, cheerful",'
                                    'joyful,glad\nsad,"unhappy",lonely,\n')
-    return EmotionWheels.load(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_wheels(tiny_wheel_dir):
+    return EmotionWheels.load(tiny_wheel_dir)
 
 
 def test_wheel_mapping_rules(tiny_wheels):
@@ -106,6 +111,22 @@ def test_unibench_parsing_rules_give_different_scores(tiny_wheels, tmp_path):
     assert ckpt["proper"]["best_on_test"]["score"] == pytest.approx(1.0)
     with pytest.raises(EvalInputError, match="--parsing"):
         score_files("ov", str(pred), str(gold), tiny_wheels, parsing="loose")
+
+
+def test_unibench_cli_uses_the_published_rule_by_default_and_offers_the_proper_one(tiny_wheel_dir, tmp_path, capsys):
+    import json
+
+    from ray_emer.cli import main
+
+    pred, gold = _ov_files(tmp_path / "files")
+    base = ["evaluate", "unibench", "--kind", "ov", "--predictions", str(pred), "--labels", str(gold),
+            "--wheel-dir", str(tiny_wheel_dir)]
+    assert main(base) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert main([*base, "--parsing", "proper"]) == 0
+    proper = json.loads(capsys.readouterr().out)
+    assert default["parsing"] == "published" and proper["parsing"] == "proper"
+    assert proper["score"] == pytest.approx(1.0) and default["score"] < proper["score"]
 
 
 def test_missing_and_malformed_inputs_name_the_uri(tmp_path):

@@ -1,4 +1,5 @@
-"""`ray job submit` of stage 1 against a local head started with `ray start --head` (slow: run with -m slow)."""
+"""Every job under `ray job submit`, and `serve deploy`, against a local head started with `ray start --head`
+(slow: run with -m slow)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_features
 from ray_emer.synthetic import SynthConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def ray_head():
     """`ray start --head` on free ports (token auth off for the test); yields the dashboard URL and the env."""
     bindir = Path(sys.executable).parent
     dash, gcs = _port(), _port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     head = subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"],
                             # (no --temp-dir under tmp_path: its socket paths would pass the 107-byte AF_UNIX limit)
@@ -60,28 +60,45 @@ def ray_head():
             record.unlink()
 
 
-def _submit(url: str, env: dict, job: list[str]) -> dict:
-    bindir = Path(sys.executable).parent
-    cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-           sys.executable, *job]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+CHAIN = ["quickstart.yaml", "extract_features.yaml", "stage1_coarse.yaml", "stage2_fine.yaml", "label_archive.yaml"]
 
 
-def test_ray_job_submit_stage1_then_label(ray_head, tmp_path):
+def submit_line(name: str) -> str:
+    """The documented submit command: the first line of a job's YAML (the README lists the same lines)."""
+    first = (REPO / "jobs" / "configs" / name).read_text().splitlines()[0]
+    assert first.startswith("# Submit: RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 ")
+    return first[len("# Submit: "):]
+
+
+@pytest.mark.timeout(1800)
+def test_every_job_as_documented_under_ray_job_submit(ray_head, tmp_path):
+    """quickstart -> extract -> stage 1 -> stage 2 -> label, each with its YAML's (= the README's) submit line;
+    only the address, the /tmp/ root and the auth mode (the test's head runs without token auth) differ."""
+    import shlex
+
     url, env = ray_head
-    features = synthetic_features(tmp_path, SynthConfig(clips=40, seed=9, coarse=True))
-    summary = _submit(url, env, ["jobs/train.py", "--config", "jobs/configs/stage1_coarse.yaml",
-                                 "--features", str(features), "--output", str(tmp_path / "stage1"),
-                                 "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "val_samples=4"])
-    assert summary["step"] == 4
-    assert json.loads((tmp_path / "stage1" / "config.json").read_text())["architecture"] == "AffectGPT"
-    # the labelling job as its YAML's first line submits it
-    labels = _submit(url, env, ["jobs/label_archive.py", "--config", "jobs/configs/label_archive.yaml",
-                                "--input", str(features), "--checkpoint", str(tmp_path / "stage1"),
-                                "--output", str(tmp_path / "labels"), "--set", "labeller.description_tokens=16"])
-    assert labels["rows"] == labels["ok"] == 40 and labels["engine"] == "hf"
+    summaries = {}
+    for name in CHAIN:
+        line = submit_line(name).replace("RAY_AUTH_MODE=token ", "").replace("http://127.0.0.1:8265", url)
+        argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(line)]
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, name + ": " + done.stdout[-3000:] + done.stderr[-3000:]
+        summaries[name] = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+    quick = summaries["quickstart.yaml"]
+    assert quick["scores"]["accuracy"] > 1 / 6 and Path(quick["report"]).is_file()
+    assert summaries["extract_features.yaml"]["ok"] == 48
+    for stage in ("stage1_coarse.yaml", "stage2_fine.yaml"):
+        s = summaries[stage]
+        assert s["engine"] == "ray" and s["workers"] == 2 and s["steps"] > 0 and s["checkpoint"], s
+    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["architecture"] == "AffectGPT"
+    labels = summaries["label_archive.yaml"]
+    assert labels["rows"] == labels["ok"] == 48 and labels["engine"] == "hf"
+    # every job tracked to MLflow by default (the head's RAY_EMER_HOME store; the quickstart its own)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{env['RAY_EMER_HOME']}/mlflow.db")
+    names = {e.name for e in client.search_experiments()}
+    assert {"ray_emer-extract", "ray_emer-train", "ray_emer-label"} <= names, names
 
 
 def test_serve_deploy_serve_config(ray_head, tmp_path):

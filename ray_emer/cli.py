@@ -37,7 +37,7 @@ class Command:
     description: str = ""
     config: str = ""  # "module:Class": --config / --set, and the function takes (cfg, log=..., **kwargs)
     flags: tuple[Flag, ...] = ()
-    output: Callable[[Any, argparse.Namespace], None] | None = None  # default: one JSON line on stdout
+    output: Callable[[Any, argparse.Namespace], str | None] | None = None  # stdout text; default: one JSON line
 
 
 def F(*names: str, to: str = "", **opts) -> Flag:  # noqa: N802 (reads as a table row)
@@ -49,13 +49,13 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _print_json(result, args) -> None:
-    print(json.dumps(result, default=str))
+def _json(result, args) -> str:
+    return json.dumps(result, default=str)
 
 
-def _print_table_or_json(formatter: str):
-    def output(result, args) -> None:
-        print(json.dumps(result, default=str) if args.json else _load(formatter)(result))
+def _table_or_json(formatter: str):
+    def output(result, args) -> str:
+        return json.dumps(result, default=str) if args.json else _load(formatter)(result)
 
     return output
 
@@ -101,7 +101,7 @@ COMMANDS: tuple[Command, ...] = (
                    F("--size", type=int, default=224, help="square frame size after resize + centre crop"),
                    F("--max-duration", type=float, default=600.0, help="longer clips are an error (seconds)"),
                    F("--backend", choices=["auto", "decord", "pyav"], default="auto")),
-            output=lambda result, args: print(json.dumps(result) if args.json else _key_value_lines(result))),
+            output=lambda result, args: json.dumps(result) if args.json else _key_value_lines(result)),
     Command(("manifest",), "ray_emer.data.manifest:build_manifest",
             "read a folder / s3 prefix / CSV / Parquet into a manifest",
             "Build a manifest (one row per clip) and optionally join the published EMER CSV layouts on name.",
@@ -226,7 +226,7 @@ COMMANDS: tuple[Command, ...] = (
                      help="leave the frozen CLIP/HuBERT towers out"),
                    F("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. --set trainable.llm=frozen or --set lora.r=8")),
-            output=_print_table_or_json("ray_emer.model.inspect:format_table")),
+            output=_table_or_json("ray_emer.model.inspect:format_table")),
 )
 GROUP_HELP = {"evaluate": ("MER-UniBench and EMER metrics, label extraction, reports",
                            "Score predictions as MER-UniBench / the EMER paper do."),
@@ -288,15 +288,21 @@ def call(cmd: Command, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd: Command = args._command
+    # stdout carries the result only: while the command runs, whatever else writes to sys.stdout (Ray's forwarded
+    # worker and raylet lines, library prints) goes to stderr, so `ray-emer ... | jq` always parses
+    out, sys.stdout = sys.stdout, sys.stderr
     try:
-        result = call(cmd, args)
-    except RayEmerError as exc:
-        print(f"ray-emer {' '.join(cmd.path)}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if cmd.output is None:
-        _print_json(result, args)
-    else:
-        cmd.output(result, args)
+        try:
+            result = call(cmd, args)
+        except RayEmerError as exc:
+            print(f"ray-emer {' '.join(cmd.path)}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        text = (cmd.output or _json)(result, args)
+        if text is not None:
+            out.write(text + "\n")
+            out.flush()
+    finally:
+        sys.stdout = out
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

@@ -30,7 +30,7 @@ def test_decode_json_contract(synth_archive):
 
 def test_decode_error_goes_to_stderr_with_nonzero_exit(bad_media):
     proc = run_cli("decode", str(bad_media / "random.mp4"), "--json", check=False)
-    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.returncode == 1 and proc.stdout == ""  # README: 1 for an undecodable file
     assert "random.mp4" in proc.stderr and "not a media file" in proc.stderr
 
 

@@ -118,3 +118,19 @@ def test_an_unmarked_test_cannot_start_a_subprocess_or_ray():
     if not ray.is_initialized():
         with pytest.raises(pytest.fail.Exception, match="starts Ray: mark it integration"):
             ray.init()
+
+
+def test_stdout_carries_only_the_result(monkeypatch, capsys):
+    """Ray forwards worker and raylet lines to the driver's sys.stdout: while a command runs they go to stderr."""
+    import sys
+
+    def chatty(cfg, log=None, out=""):
+        print("(raylet) WARNING: 8 PYTHON worker processes have been started")
+        return {"manifest": out}
+
+    monkeypatch.setattr("ray_emer.synthetic.synth_job", chatty)
+    real = sys.stdout
+    assert cli.main(["synth", "--out", "x"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"manifest": "x"} and "(raylet) WARNING" in err
+    assert sys.stdout is real  # restored

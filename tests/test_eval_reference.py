@@ -121,11 +121,11 @@ def test_cli_errors_on_malformed_input(reference_dir, tmp_path):
         (tmp_path / f"{name}.csv").write_text(text)
         r = _cli("evaluate", "unibench", "--kind", "basic", "--predictions", str(tmp_path / f"{name}.csv"),
                  "--labels", str(tmp_path / "L.csv"), "--wheel-dir", wheel_dir)
-        assert r.returncode != 0 and needle in r.stderr, (name, r.stderr)
+        assert r.returncode == 2 and needle in r.stderr, (name, r.stderr)  # README: exit 2 on malformed input
     (tmp_path / "wheels").mkdir()
     r = _cli("evaluate", "unibench", "--kind", "basic", "--predictions", str(tmp_path / "L.csv"),
              "--labels", str(tmp_path / "L.csv"), "--wheel-dir", str(tmp_path / "wheels"))
-    assert r.returncode != 0 and "wheel1.xlsx" in r.stderr
+    assert r.returncode == 2 and "wheel1.xlsx" in r.stderr
 
 
 def test_lexicon_extractor_on_gold_descriptions(reference_dir, wheels):

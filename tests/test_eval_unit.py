@@ -244,3 +244,28 @@ def test_report_files_and_mlflow(tmp_path):
     assert run.data.metrics["score"] == 0.5 and run.data.params["nested.k"] == "1"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert arts == {"report.json", "report.md", "report.png"}
+
+
+def test_honest_selection_on_a_case_whose_answer_is_known(tiny_wheels):
+    """Checkpoint A is right on the whole selection half and on one report clip; B is right on two selection
+    clips and the whole report half. Best on test picks B (7/10 vs 6/10); the honest pick is A (chosen on the
+    selection half) and is reported on the other half only (1/5), not on the clips that chose it."""
+    from ray_emer.eval.unibench import split_names
+
+    names = [f"n{i}" for i in range(10)]
+    select, report = split_names(names, 0.5, seed=4)
+    assert select.isdisjoint(report) and select | report == set(names) and len(select) == 5
+    assert split_names(reversed(names), 0.5, seed=4) == (select, report)  # fixed by the seed, not the order
+    assert any(split_names(names, 0.5, seed=s)[0] != select for s in range(5, 10))
+    sel, rep = sorted(select), sorted(report)
+
+    def frame(right: set[str]) -> pd.DataFrame:
+        return pd.DataFrame({"name": names, "openset": ["happy" if n in right else "sad" for n in names]})
+
+    gold = {n: "happy" for n in names}
+    out = score_checkpoints("basic", gold, {"A": frame(set(sel) | {rep[0]}), "B": frame(set(sel[:2]) | set(rep))},
+                            tiny_wheels, seed=4)
+    assert out["best_on_test"] == {"checkpoint": "B", "score": pytest.approx(0.7)}
+    honest = out["honest"]
+    assert honest["checkpoint"] == "A" and honest["score"] == pytest.approx(0.2)
+    assert honest["best_on_test_same_half"] == pytest.approx(1.0) and honest["n_report"] == 5

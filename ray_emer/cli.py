@@ -103,12 +103,24 @@ COMMANDS: tuple[Command, ...] = (
                    F("--backend", choices=["auto", "decord", "pyav"], default="auto")),
             output=lambda result, args: json.dumps(result) if args.json else _key_value_lines(result)),
     Command(("manifest",), "ray_emer.data.manifest:build_manifest",
-            "read a folder / s3 prefix / CSV / Parquet into a manifest",
-            "Build a manifest (one row per clip) and optionally join the published EMER CSV layouts on name.",
-            flags=(F("input", help="folder, s3:// prefix, or .csv/.parquet manifest"),
-                   F("--subtitles", help="CSV with columns name,english"),
-                   F("--reasons", help="CSV with columns name,reason"),
-                   F("--openset", help="CSV with columns name,openset"),
+            "read a folder / s3 prefix / CSV / Parquet into a manifest, optionally from a published layout",
+            "Build a manifest (one row per clip) from videos, or, with --reasons and/or --openset, from the published "
+            "EMER / MER-Caption / OV-MERD CSVs matched by name to the videos of INPUT (by file stem; a video extension "
+            "in a name and case differences are tolerated). The published names are the rows: a name with no video "
+            "stays a row with an empty video_uri (extraction reports it as not_found) unless --drop-unmatched; videos "
+            "without a published row are left out. Both are counted in the JSON result, with examples, and listed in "
+            "<output stem>.unmatched.csv beside --output.",
+            flags=(F("input", help="folder, s3:// prefix, or .csv/.parquet manifest (the videos)"),
+                   F("--subtitles", help="CSV name,english (e.g. subtitle_chieng.csv; also name,subtitle(s))"),
+                   F("--reasons", help="CSV name,reason: descriptions (also names,reasons; name,english of the "
+                                       "OV-MERD descriptions file)"),
+                   F("--openset", help="CSV name,openset: open-vocabulary label lists"),
+                   F("--split", help="split of every row (default: kept, or 'train' with --val-fraction)"),
+                   F("--val-fraction", type=float, default=0.0,
+                     help="share of the rows with a video drawn into split 'val' (deterministic per --seed)"),
+                   F("--seed", type=int, default=0, help="seed of the val draw (default 0)"),
+                   F("--drop-unmatched", action="store_true",
+                     help="leave published names without a video out of the manifest (still reported)"),
                    F("--output", help="write the manifest as Parquet here"))),
     Command(("quickstart",), "ray_emer.quickstart:run_quickstart", "the embedded default job, end to end",
             "Synthetic archives (coarse, clean, held-out) -> features (Ray Data) -> stage 1 -> stage 2 (Ray Train) "

@@ -71,6 +71,8 @@ def decode_uri(video_uri: str, audio_uri: str | None = None, cfg: MediaConfig | 
     """
     from ray_emer import storage
 
+    if not video_uri:  # a manifest row no video file matched (ray-emer manifest keeps such published names)
+        raise MediaError("<empty video_uri>", "not_found", "no video file matched this clip (empty video_uri)")
     with storage.local_copy(video_uri) as video:
         if not audio_uri:
             return decode_clip(video, None, cfg)

@@ -186,3 +186,22 @@ def test_the_training_seed_seeds_the_stage_model_and_nothing_else_does(tmp_path)
     l0, l1 = lora(0), lora(1)
     assert l0 and any(not torch.equal(l0[k], l1[k]) for k in l0)
     assert all(torch.equal(l0[k], v) for k, v in lora(0).items())
+
+
+def test_training_on_every_split_still_holds_the_validation_rows_out(synth_features, tmp_path):
+    """Stage 1's YAML trains on every split (`train_split: ""`): its validation rows must not train."""
+    from ray_emer.tracking import TrackingConfig
+    from ray_emer.train.loop import ScalingConfig, train_exclude
+    from ray_emer.train.run import run_stage
+
+    table = read_features(str(synth_features))
+    splits = [s for s, ok in zip(table.column("split").to_pylist(), table.column("status").to_pylist()) if ok == "ok"]
+    assert "val" in splits and "train" in splits
+    cfg = TrainConfig(features=str(synth_features), output=str(tmp_path / "s"), max_steps=1, val_samples=0,
+                      data=DataConfig(train_split="", val_split="val"), scaling=ScalingConfig(engine="local"),
+                      tracking=TrackingConfig(enabled=False))
+    rows = feature_rows(table, cfg.data.train_split, train_exclude(cfg))
+    assert rows and all(r["split"] != "val" for r in rows) and len(rows) == sum(s != "val" for s in splits)
+    logs: list[str] = []
+    run_stage(cfg, log=logs.append)
+    assert f"[train] {len(rows)} train rows" in logs[0], logs[0]

@@ -89,31 +89,38 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- data
-def usable_row(row: dict, split: str) -> bool:
-    """A row a stage trains or validates on: decoded, in ``split`` ("" = any), with a target."""
+def usable_row(row: dict, split: str, exclude: str = "") -> bool:
+    """A row a stage trains or validates on: decoded, in ``split`` ("" = any split but ``exclude``), with a target."""
     labels = row.get("labels")
-    return (row["status"] == "ok" and (not split or row.get("split") == split)
+    in_split = row.get("split") == split if split else not (exclude and row.get("split") == exclude)
+    return (row["status"] == "ok" and in_split
             and (bool(row.get("description")) or (labels is not None and len(labels) > 0)))
 
 
-def require_rows(rows: list[dict], split: str, source: str) -> None:
+def require_rows(rows: list[dict], split: str, source: str, exclude: str = "") -> None:
     """Fail at once, with the counts, when a stage has nothing to train on (rows = feature rows as dicts)."""
-    if any(usable_row(r, split) for r in rows):
+    if any(usable_row(r, split, exclude) for r in rows):
         return
     ok = [r for r in rows if r["status"] == "ok"]
-    in_split = [r for r in ok if not split or r.get("split") == split]
+    in_split = [r for r in ok if (r.get("split") == split if split else not (exclude and r.get("split") == exclude))]
     raise TrainDataError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(in_split)} in split "
                      f"{split or '<any>'!r}, 0 of those with a description or labels (extract a manifest that "
                      f"carries them, or set train_split)")
 
 
-def feature_rows(table, split: str) -> list[dict]:
+def train_exclude(cfg: TrainConfig) -> str:
+    """With ``train_split: ""`` (every split trains) the validation split is still held out of training."""
+    return "" if cfg.data.train_split else cfg.data.val_split
+
+
+def feature_rows(table, split: str, exclude: str = "") -> list[dict]:
     """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
     from ray_emer.data.features import feature_arrays
 
     video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")
     rows = table.drop(["video_feats", "audio_feats"]).to_pylist()
-    return [{**r, "video_feats": video[i], "audio_feats": audio[i]} for i, r in enumerate(rows) if usable_row(r, split)]
+    return [{**r, "video_feats": video[i], "audio_feats": audio[i]} for i, r in enumerate(rows)
+            if usable_row(r, split, exclude)]
 
 
 def stack_batch(rows: list[dict]) -> dict:

@@ -25,7 +25,16 @@ from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint, save_checkpoint
 from ray_emer.model.config import resolve_model_config
 from ray_emer.tracking import Tracker, open_tracker
-from ray_emer.train.loop import TrainConfig, batches, feature_rows, require_rows, total_steps, train, validate
+from ray_emer.train.loop import (
+    TrainConfig,
+    batches,
+    feature_rows,
+    require_rows,
+    total_steps,
+    train,
+    train_exclude,
+    validate,
+)
 
 
 def git_commit() -> str:
@@ -120,9 +129,11 @@ def run_local(cfg: TrainConfig, log=print) -> dict:
     check_io(cfg)
     t0 = time.perf_counter()
     table = read_features(cfg.features)
+    exclude = train_exclude(cfg)
     require_rows(table.select(["status", "split", "description", "labels"]).to_pylist(), cfg.data.train_split,
-                 cfg.features)
-    train_rows, val_rows = feature_rows(table, cfg.data.train_split), feature_rows(table, cfg.data.val_split)
+                 cfg.features, exclude)
+    train_rows = feature_rows(table, cfg.data.train_split, exclude)
+    val_rows = feature_rows(table, cfg.data.val_split)
     model = build_model(cfg)
     steps = total_steps(len(train_rows), cfg)
     tracker = open_tracker(cfg.tracking, run_name=f"train-{os.path.basename(cfg.output.rstrip('/'))}")

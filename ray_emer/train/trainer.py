@@ -34,6 +34,7 @@ from ray_emer.train.loop import (
     require_rows,
     total_steps,
     train,
+    train_exclude,
     usable_row,
     validate,
 )
@@ -165,8 +166,8 @@ def _dataset(cfg: TrainConfig):
     cols = ["clip_id", "subtitle", "description", "labels", "split", "status", "has_video", "has_audio",
             "video_feats", "audio_feats"]
     ds = ray.data.read_parquet(files).select_columns(cols)
-    split = cfg.data.train_split
-    return ds.filter(lambda r: usable_row(r, split))
+    split, exclude = cfg.data.train_split, train_exclude(cfg)
+    return ds.filter(lambda r: usable_row(r, split, exclude))
 
 
 def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None = None) -> dict:
@@ -185,8 +186,9 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     sc = cfg.scaling
     light = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
     split = cfg.data.train_split
-    require_rows(light, split, cfg.features)  # before any worker starts: nothing to train fails now
-    n_train = sum(usable_row(r, split) for r in light)
+    exclude = train_exclude(cfg)
+    require_rows(light, split, cfg.features, exclude)  # before any worker starts: nothing to train fails now
+    n_train = sum(usable_row(r, split, exclude) for r in light)
     steps = total_steps(n_train, cfg, sc.workers)
     val_rows = []
     if cfg.val_samples and cfg.data.val_split:  # only the validation split's features come to the driver

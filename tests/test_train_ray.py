@@ -38,6 +38,13 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
                tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-train", run_name="crashy"))
     summary = run_ray_training(cfg, log=lambda m: None, fault=(1, 3))
     assert summary["steps"] == 6 and len(summary["losses"]) == 6 and summary["engine"] == "ray"
+    # the restarted group began at the step-2 checkpoint, not at 0, with the state that was saved there: each
+    # rank fingerprints its shards of weights and Adam moments, Adam's step count and the scheduler when saving,
+    # and again after loading (rank 0's pair comes back; a mismatch on any rank fails the worker)
+    assert summary["resumed_from"] == 2, summary
+    check = summary["resume_check"]
+    assert check["loaded"] == check["saved"] and check["saved"]["optimizer_steps"] == [2.0]
+    assert check["saved"]["scheduler_epoch"] == 2 and check["saved"]["moments"] > 0
     # the crash happened (marker) and the group resumed from the step-2 checkpoint
     storage = tmp_path / "export.ray"
     assert list(storage.glob(".fault_injected_rank1_step3"))
@@ -63,7 +70,9 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     run = runs.iloc[0]
     assert run["params.world_size"] == "2" and run["params.preset"] == "tiny"
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "loss")
-    assert {m.step for m in history} >= {1, 2, 4, 5, 6}
+    per_step = {s: sum(m.step == s for m in history) for s in range(1, 7)}
+    # rank 0 alone logs: one entry per step; step 3 ran twice (before the crash and again after the resume)
+    assert all(per_step[s] == 1 for s in (1, 2, 4, 5, 6)) and 1 <= per_step[3] <= 2, per_step
     assert "metrics.val_label_accuracy" in run
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"loss_curve.png", "export"} <= arts
@@ -71,5 +80,5 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     # an uninterrupted run ends at a close loss
     clean = run_stage(dataclasses.replace(cfg, output=str(tmp_path / "clean"),
                                           tracking=TrackingConfig(enabled=False)), log=lambda m: None)
-    assert clean["steps"] == 6 and set(clean) == set(summary)
+    assert clean["steps"] == 6 and set(clean) == set(summary) and clean["resumed_from"] == 0
     assert abs(clean["last_loss"] - summary["last_loss"]) < 0.35 * clean["first_loss"]

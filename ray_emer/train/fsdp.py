@@ -54,3 +54,25 @@ def full_state_dict(model: nn.Module) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@torch.no_grad()
+def state_fingerprint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """This rank's training state in a few numbers (float64 sums of its parameter and optimizer-moment shards,
+    the optimizer's step counts, the scheduler's position): equal before a save and after a load, or the
+    resume did not restore what was saved."""
+    params = [_local(p).double() for p in model.parameters()]
+    moments, steps = 0.0, []
+    for st in optimizer.state.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                moments += float(_local(st[key]).double().sum())
+        if "step" in st:
+            steps.append(float(_local(st["step"])))
+    return {"params": float(sum(p.sum() for p in params)), "params_abs": float(sum(p.abs().sum() for p in params)),
+            "moments": moments, "optimizer_steps": sorted(set(steps)), "scheduler_epoch": int(scheduler.last_epoch),
+            "lr": float(scheduler.get_last_lr()[0])}

@@ -93,7 +93,8 @@ def log_stage_artifacts(tracker: Tracker, cfg: TrainConfig, losses: list[float])
 
 
 def stage_summary(cfg: TrainConfig, steps: int, losses: list[float], metrics: dict, workers: int,
-                  wall_s: float, checkpoint: str | None = None) -> dict:
+                  wall_s: float, checkpoint: str | None = None, resumed_from: int = 0,
+                  resume_check: dict | None = None) -> dict:
     """The one summary of a training stage, whichever engine ran it."""
 
     def mean(xs: list[float]) -> float | None:
@@ -101,7 +102,8 @@ def stage_summary(cfg: TrainConfig, steps: int, losses: list[float], metrics: di
 
     return {"output": cfg.output, "engine": cfg.scaling.engine, "workers": workers, "steps": steps,
             "first_loss": mean(losses[:5]), "last_loss": mean(losses[-5:]), "losses": list(losses),
-            "metrics": dict(metrics), "checkpoint": checkpoint, "wall_s": round(wall_s, 3)}
+            "metrics": dict(metrics), "checkpoint": checkpoint, "wall_s": round(wall_s, 3),
+            "resumed_from": resumed_from, "resume_check": resume_check}
 
 
 def check_io(cfg: TrainConfig) -> None:

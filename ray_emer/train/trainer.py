@@ -58,11 +58,14 @@ def _fault_marker(cfg: TrainConfig, rank: int, step: int) -> str:
 def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
     import torch.distributed.checkpoint as dcp
 
-    from ray_emer.train.fsdp import sharded_state
+    from ray_emer.train.fsdp import sharded_state, state_fingerprint
 
+    rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as tmp:
         dcp.save(sharded_state(model, opt), checkpoint_id=tmp)
-        if ray.train.get_context().get_world_rank() == 0:
+        with open(os.path.join(tmp, f"fingerprint_rank{rank}.json"), "w") as fh:  # checked when resuming
+            json.dump(state_fingerprint(model, opt, sched), fh)
+        if rank == 0:
             extra = {**dataclasses.asdict(state), "scheduler": sched.state_dict()}
             with open(os.path.join(tmp, "train_state.json"), "w") as fh:
                 json.dump(extra, fh)
@@ -70,14 +73,17 @@ def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> Non
                          checkpoint_dir_name=f"step_{state.step:07d}")
 
 
-def _resume(model, opt, sched) -> TrainState | None:
+def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
+    """Restore model, optimizer, scheduler and loop state from the last checkpoint Ray hands back; verify
+    against the fingerprint this rank wrote when saving. -> (state, {"saved": ..., "loaded": ...}) or None."""
     import torch.distributed.checkpoint as dcp
 
-    from ray_emer.train.fsdp import load_sharded_state, sharded_state
+    from ray_emer.train.fsdp import load_sharded_state, sharded_state, state_fingerprint
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None
+    rank = ray.train.get_context().get_world_rank()
     with ckpt.as_directory() as d:
         if not os.path.exists(os.path.join(d, "train_state.json")):
             return None  # the "final" summary of a finished run carries no training state
@@ -86,8 +92,14 @@ def _resume(model, opt, sched) -> TrainState | None:
         load_sharded_state(model, opt, state)
         with open(os.path.join(d, "train_state.json")) as fh:
             extra = json.load(fh)
+        with open(os.path.join(d, f"fingerprint_rank{rank}.json")) as fh:
+            saved = json.load(fh)
     sched.load_state_dict(extra.pop("scheduler"))
-    return TrainState(**extra)
+    loaded = state_fingerprint(model, opt, sched)
+    if json.dumps(saved, sort_keys=True) != json.dumps(loaded, sort_keys=True):
+        raise RuntimeError(f"rank {rank}: the resumed state differs from the checkpoint: saved {saved}, "
+                           f"loaded {loaded}")
+    return TrainState(**extra), {"saved": saved, "loaded": loaded}
 
 
 def _export(model, cfg: TrainConfig, rank: int) -> None:
@@ -115,7 +127,11 @@ def train_worker(config: dict) -> None:
     model = shard_model(model.to(device=device, dtype=dtype))
     steps = config["total_steps"]
     opt, sched = make_optimizer(model, cfg.optim, steps)
-    state = _resume(model, opt, sched)
+    resumed = _resume(model, opt, sched)
+    state, resume_check = resumed if resumed else (None, None)
+    resumed_from = state.step if state else 0
+    if state:
+        print(f"[train] rank {rank} resumed at step {state.step} (epoch {state.epoch})", flush=True)
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
     tracker = make_tracker(config["tracking_uri"], cfg.tracking.experiment, rank=rank, run_id=run_id) if run_id \
         else NullTracker()
@@ -131,6 +147,10 @@ def train_worker(config: dict) -> None:
         marker = _fault_marker(cfg, rank, st.step) if (rank, st.step) == (fault_rank, fault_step) else None
         if marker and not os.path.exists(marker):
             open(marker, "w").close()
+            # Ray's controller registers reported checkpoints asynchronously: a crash in the same instant as the
+            # last report can lose that checkpoint (the group then restarts from an older one, or from scratch).
+            # The injected fault waits until the last report is surely registered, so a test can demand the resume.
+            time.sleep(5)
             os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
         every = cfg.scaling.checkpoint_every
         if every and st.step % every == 0 and st.step < steps:
@@ -144,7 +164,8 @@ def train_worker(config: dict) -> None:
     if rank == 0:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
-    final = {"step": state.step, "losses": state.losses, "metrics": metrics}
+    final = {"step": state.step, "losses": state.losses, "metrics": metrics, "resumed_from": resumed_from,
+             "resume_check": resume_check}
     # Train V2 keeps only metrics that come with a checkpoint: rank 0 attaches a small "final" one
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
@@ -222,7 +243,8 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     final = dict(result.metrics or {})
     summary = stage_summary(cfg, final.get("step", 0), final.get("losses", []), final.get("metrics", {}),
                             sc.workers, time.perf_counter() - t0,
-                            result.checkpoint.path if result.checkpoint else None)
+                            result.checkpoint.path if result.checkpoint else None,
+                            final.get("resumed_from", 0), final.get("resume_check"))
     log(f"[train] {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}; "
         f"exported {cfg.output}")
     return summary

@@ -139,8 +139,15 @@ def test_imported_model_computes_the_published_formulas(tiny_cfg, tmp_path):
     v, a = lin("multi_video_embs", video.mean(1)), lin("multi_audio_embs", audio.mean(1))
     w = lin("fc_att", lin("attention_mlp", torch.cat([v, a], dim=1))).unsqueeze(2)  # encode_multi_attention
     published_fused = lin("multi_llama_proj", torch.matmul(torch.stack([v, a], dim=2), w).squeeze(2))
-    # the importer reports the difference exactly when ray_emer's pre-fusion computes something else
+    # the importer reports the difference exactly when ray_emer's pre-fusion computes something else: with the
+    # published raw fusion weights (fusion_weights: raw, the 7B preset's) the fused token is the published one
     assert (not torch.allclose(tokens["fused"], published_fused)) == bool(result["differences"])
+    assert tiny_cfg.fusion_weights == "softmax" and result["differences"]
+    raw_cfg = dataclasses.replace(tiny_cfg, fusion_weights="raw")
+    raw = import_published(str(tmp_path / "ck.pth"), str(tmp_path / "raw"), raw_cfg)
+    raw_tokens = load_checkpoint(str(tmp_path / "raw")).head.double()(video, audio)
+    assert raw["differences"] == [] and torch.allclose(raw_tokens["fused"], published_fused)
+    assert get_preset("affectgpt-qwen2.5-7b").fusion_weights == "raw"
 
     # LoRA as published: W x + (alpha / r) B A x with alpha 32
     q = model.llm.base_model.model.model.layers[1].self_attn.q_proj

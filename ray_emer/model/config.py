@@ -66,6 +66,8 @@ class AffectGPTConfig:
     fusion_dim: int = 1024  # pre-fusion space: max(video_dim, audio_dim) as published
     pooling: Literal["raw", "softmax"] = "raw"  # published weights use raw attention scores
     fusion: Literal["attention", "none"] = "attention"  # the pre-fusion token (none = ablation)
+    # how the pre-fusion weighs its two projected vectors: the raw fc_att outputs, as published, or a softmax of them
+    fusion_weights: Literal["raw", "softmax"] = "raw"
     image_branch: bool = True  # single-image input gets its own projector, as in the published model
     llm_name: str = "Qwen/Qwen2.5-7B-Instruct"
     llm_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # Qwen2Config kwargs
@@ -129,6 +131,7 @@ def _tiny() -> AffectGPTConfig:
                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
         ),
         video_dim=48, audio_dim=32, fusion_dim=48, image_branch=False,
+        fusion_weights="softmax",  # what the tiny preset has always trained with (its measured numbers)
         llm_name="", tokenizer="tiny",
         # initializer_range 0.2 (HF default 0.02): a frozen random lm_head at 0.02 spans logits too narrow
         # for LoRA to ever make a token likely; at 0.2 the head + LoRA path overfits a handful of pairs.

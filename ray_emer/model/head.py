@@ -38,8 +38,10 @@ class AttentionPool(nn.Module):
 class PreFusion(nn.Module):
     """Audio-video fusion in front of the LLM (the paper's attention variant)."""
 
-    def __init__(self, video_dim: int, audio_dim: int, fusion_dim: int, llm_hidden: int) -> None:
+    def __init__(self, video_dim: int, audio_dim: int, fusion_dim: int, llm_hidden: int,
+                 weights: str = "raw") -> None:
         super().__init__()
+        self.mode = weights  # "raw": the two fc_att outputs weigh v and a as they are (published); "softmax"
         self.video_in = nn.Linear(video_dim, fusion_dim)
         self.audio_in = nn.Linear(audio_dim, fusion_dim)
         self.attention = nn.Linear(2 * fusion_dim, fusion_dim)
@@ -48,7 +50,9 @@ class PreFusion(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         v, a = self.video_in(video.mean(1)), self.audio_in(audio.mean(1))  # [B, F] each
-        w = self.weights(self.attention(torch.cat([v, a], dim=-1))).softmax(dim=-1)  # [B, 2]
+        w = self.weights(self.attention(torch.cat([v, a], dim=-1)))  # [B, 2]
+        if self.mode == "softmax":
+            w = w.softmax(dim=-1)
         return self.out(w[:, :1] * v + w[:, 1:] * a)  # [B, H]
 
 
@@ -60,7 +64,8 @@ class MultimodalHead(nn.Module):
         self.video_proj = nn.Linear(cfg.video_dim, h)
         self.audio_pool = AttentionPool(cfg.audio_dim, cfg.pooling)
         self.audio_proj = nn.Linear(cfg.audio_dim, h)
-        self.fusion = PreFusion(cfg.video_dim, cfg.audio_dim, cfg.fusion_dim, h) if cfg.fusion == "attention" else None
+        self.fusion = (PreFusion(cfg.video_dim, cfg.audio_dim, cfg.fusion_dim, h, cfg.fusion_weights)
+                       if cfg.fusion == "attention" else None)
         self.image_proj = nn.Linear(cfg.video_dim, h) if cfg.image_branch else None
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -261,7 +261,7 @@ def check_source(config: dict | None, cfg: AffectGPTConfig) -> dict:
     return summary | ({"face_or_frame": inputs} if inputs else {})
 
 
-def fusion_differences(head_weights: dict[str, torch.Tensor]) -> list[str]:
+def fusion_differences(head_weights: dict[str, torch.Tensor], mode: str = "raw") -> list[str]:
     """Where ray_emer's pre-fusion computes something else than the published formula on these weights.
 
     Published (``encode_multi_attention``): ``fc_att(attention_mlp([v; a]))`` gives two raw weights and the
@@ -271,7 +271,7 @@ def fusion_differences(head_weights: dict[str, torch.Tensor]) -> list[str]:
 
     w = {k.removeprefix("fusion."): v for k, v in head_weights.items() if k.startswith("fusion.")}
     fusion = PreFusion(w["video_in.weight"].shape[1], w["audio_in.weight"].shape[1], w["video_in.weight"].shape[0],
-                       w["out.weight"].shape[0])
+                       w["out.weight"].shape[0], mode)
     fusion.load_state_dict(w)
     gen = torch.Generator().manual_seed(0)
     video = torch.randn(2, 8, fusion.video_in.in_features, generator=gen)
@@ -284,9 +284,9 @@ def fusion_differences(head_weights: dict[str, torch.Tensor]) -> list[str]:
     if torch.allclose(ours, published, rtol=1e-4, atol=1e-5):
         return []
     return ["fused token: the published pre-fusion weighs the two projected vectors with the raw fc_att outputs; "
-            "ray_emer's PreFusion computes another vector from the same weights (it normalises the two weights with "
-            "a softmax), so the fused token differs from the published one (the audio, video and image tokens and "
-            "the LoRA deltas are the published ones)"]
+            "this config has fusion_weights: softmax (it normalises the two weights), so the fused token differs "
+            "from the published one; set fusion_weights: raw (the affectgpt-qwen2.5-7b default) for the published "
+            "token (the audio, video and image tokens and the LoRA deltas are the published ones)"]
 
 
 # ---------------------------------------------------------------- writing the checkpoint
@@ -372,6 +372,6 @@ def import_published(file: str, out: str, preset: str | AffectGPTConfig = "affec
         "mapped": {part: len(v) for part, v in mapped.items()} | {
             "params": sum(t.numel() for part in mapped.values() for t in part.values())},
         "ignored": found.ignored,
-        "differences": fusion_differences(mapped["head"]) if cfg.fusion == "attention" else [],
+        "differences": fusion_differences(mapped["head"], cfg.fusion_weights) if cfg.fusion == "attention" else [],
         "files": checkpoint_files(out),
     }

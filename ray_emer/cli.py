@@ -100,7 +100,10 @@ COMMANDS: tuple[Command, ...] = (
                    F("--num-frames", type=int, default=8),
                    F("--size", type=int, default=224, help="square frame size after resize + centre crop"),
                    F("--max-duration", type=float, default=600.0, help="longer clips are an error (seconds)"),
-                   F("--backend", choices=["auto", "decord", "pyav"], default="auto")),
+                   F("--backend", choices=["auto", "decord", "pyav"], default="auto"),
+                   F("--min-decoded-share", type=float, default=0.5,
+                     help="packets the decoder rejects are skipped (skipped_packets); fail only when less than "
+                          "this share of the video or audio packets decoded (default 0.5)")),
             output=lambda result, args: json.dumps(result) if args.json else _key_value_lines(result)),
     Command(("manifest",), "ray_emer.data.manifest:build_manifest",
             "read a folder / s3 prefix / CSV / Parquet into a manifest, optionally from a published layout",

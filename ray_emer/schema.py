@@ -81,6 +81,7 @@ FEATURE_COLUMNS = (
     ("status", pa.string()),  # ok | error
     ("error", pa.string()),  # "" when ok, else "<reason>: <detail>"
     ("face_frames", pa.int32()),  # frames with a face crop; -1 when face crops are off
+    ("skipped_packets", pa.int32()),  # packets the decoder rejected and decoding skipped; -1 when decoding failed
     ("video_backend", pa.string()),
     ("duration_s", pa.float32()),
     ("decode_s", pa.float32()),

@@ -71,14 +71,14 @@ def decode_row(rec: dict, media: MediaConfig) -> dict:
     t0 = time.perf_counter()
     win = int(round(media.audio_window_s * SAMPLE_RATE))
     out = {"row_json": json.dumps(rec, default=str), "status": "ok", "error": "", "face_frames": -1,
-           "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False}
+           "skipped_packets": -1, "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False}
     try:
         clip = decode_uri(rec["video_uri"], rec.get("audio_uri"), media)
         # audio travels as float16: half the bytes through the object store, and what the encoders
         # compute in on a GPU anyway (the CPU path upcasts to float32)
         out.update(frames=clip.frames, audio=clip.audio.astype(np.float16), has_video=clip.has_video,
                    has_audio=clip.has_audio, face_frames=clip.face_frames, video_backend=clip.video_backend,
-                   duration_s=float(clip.probe.duration_s))
+                   duration_s=float(clip.probe.duration_s), skipped_packets=clip.skipped_packets)
     except Exception as exc:  # noqa: BLE001 - one bad clip must never end the job
         out.update(status="error", error=_error_text(exc),
                    frames=np.zeros((media.num_frames, media.frame_size, media.frame_size, 3), np.uint8),
@@ -158,6 +158,7 @@ class FeatureEncoder:
             has_video=pa.array(has_video, pa.bool_()), has_audio=pa.array(has_audio, pa.bool_()),
             status=pa.array(status, pa.string()), error=pa.array(error, pa.string()),
             face_frames=pa.array(np.asarray(batch["face_frames"], np.int32)),
+            skipped_packets=pa.array(np.asarray(batch["skipped_packets"], np.int32)),
             video_backend=pa.array([str(x) for x in batch["video_backend"]], pa.string()),
             duration_s=pa.array(np.asarray(batch["duration_s"], np.float32)),
             decode_s=pa.array(np.asarray(batch["decode_s"], np.float32)),

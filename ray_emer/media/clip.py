@@ -6,11 +6,12 @@ import dataclasses
 
 import numpy as np
 
-from ray_emer.media.audio import SAMPLE_RATE, audio_windows, load_audio
+from ray_emer.media.audio import SAMPLE_RATE, audio_windows, decode_audio
 from ray_emer.media.errors import MediaError
-from ray_emer.media.probe import Probe, probe
 from ray_emer.media.faces import face_frames
-from ray_emer.media.video import decode_video_frames, sample_raw_frames
+from ray_emer.media.packets import MIN_DECODED_SHARE, check_decoded_share
+from ray_emer.media.probe import Probe, probe
+from ray_emer.media.video import resize_frames, sample_video
 
 
 @dataclasses.dataclass
@@ -23,6 +24,15 @@ class MediaConfig:
     video_backend: str = "auto"  # auto | decord | pyav
     allow_audio_only: bool = True  # a file with audio and no video decodes with has_video=False
     face_crop: bool = False  # largest Haar face per frame instead of the whole frame (fallback: whole frame)
+    # packets the decoder rejects are skipped (as ffmpeg and players do); a clip fails (MediaError "damaged")
+    # only when less than this share of its video or of its audio packets decoded. 0 keeps whatever decodes.
+    min_decoded_share: float = MIN_DECODED_SHARE
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_decoded_share <= 1.0:
+            from ray_emer.config import ConfigError
+
+            raise ConfigError(f"media.min_decoded_share: {self.min_decoded_share!r} is not a share in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -34,6 +44,7 @@ class DecodedClip:
     probe: Probe
     video_backend: str
     face_frames: int = -1  # frames where a face was found and cropped; -1 when face_crop is off
+    skipped_packets: int = 0  # video + audio packets the decoder rejected and decoding skipped
 
     def summary(self) -> dict:
         return {
@@ -48,6 +59,7 @@ class DecodedClip:
             "codec": self.probe.codec,
             "video_backend": self.video_backend,
             "face_frames": self.face_frames,
+            "skipped_packets": self.skipped_packets,
         }
 
 
@@ -86,33 +98,40 @@ def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> D
         raise MediaError(
             video_path, "too_long", f"{info.duration_s:.1f} s is over the limit of {cfg.max_duration_s:.1f} s"
         )
-    size, faces = cfg.frame_size, -1
-    if info.has_video and cfg.face_crop:
-        raw, backend, _ = sample_raw_frames(video_path, cfg.num_frames, cfg.video_backend)
-        frames, faces = face_frames(raw, size)
-    elif info.has_video:
-        frames, backend, _ = decode_video_frames(video_path, cfg.num_frames, size, cfg.video_backend)
+    size, faces, skipped = cfg.frame_size, -1, 0
+    if info.has_video:
+        sample = sample_video(video_path, cfg.num_frames, cfg.video_backend)
+        check_decoded_share(video_path, "video", sample.stats, cfg.min_decoded_share)
+        if cfg.face_crop:
+            frames, faces = face_frames(sample.frames, size)
+        else:
+            frames = resize_frames(sample.frames, size)
+        backend, skipped = sample.backend, sample.stats.skipped
     elif cfg.allow_audio_only and info.has_audio:
         frames, backend = np.zeros((cfg.num_frames, size, size, 3), np.uint8), "none"
     else:
         raise MediaError(video_path, "no_video_stream", "the file has no video track")
-    wave, has_audio = load_audio(audio_path or video_path)
+    track = decode_audio(audio_path or video_path)
+    check_decoded_share(audio_path or video_path, "audio", track.stats, cfg.min_decoded_share)
+    wave, has_audio, skipped = track.wave, track.has_audio, skipped + track.stats.skipped
     win = int(round(cfg.audio_window_s * SAMPLE_RATE))
     if has_audio and wave.size:
         windows = audio_windows(wave, cfg.num_audio_windows, cfg.audio_window_s)
     else:
         windows, has_audio = np.zeros((cfg.num_audio_windows, win), np.float32), False
-    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces)
+    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces, skipped)
 
 
 def decode_summary(file: str, audio: str | None = None, num_frames: int = 8, size: int = 224,
-                   max_duration: float = 600.0, backend: str = "auto") -> dict:
+                   max_duration: float = 600.0, backend: str = "auto",
+                   min_decoded_share: float = MIN_DECODED_SHARE) -> dict:
     """``ray-emer decode``: decode one clip as the pipeline does and describe the result.
 
     A missing or unreadable file is a ``MediaError`` (``not_found``) like any other bad file."""
     from ray_emer import storage
 
-    cfg = MediaConfig(num_frames=num_frames, frame_size=size, max_duration_s=max_duration, video_backend=backend)
+    cfg = MediaConfig(num_frames=num_frames, frame_size=size, max_duration_s=max_duration, video_backend=backend,
+                      min_decoded_share=min_decoded_share)
     try:
         return decode_uri(file, audio, cfg).summary()
     except storage.StorageError as exc:

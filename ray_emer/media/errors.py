@@ -9,6 +9,7 @@ REASONS = (
     "zero_bytes",
     "not_a_media_file",
     "truncated",
+    "damaged",  # packets failed to decode and less than media.min_decoded_share of a stream was left
     "no_video_stream",
     "unsupported_codec",
     "too_long",

@@ -44,7 +44,8 @@ def has_container_signature(path: str) -> bool:
 def open_container(path: str) -> av.container.InputContainer:
     check_file(path)
     try:
-        return av.open(path)
+        # damaged tags must not cost the clip (PyAV decodes metadata as strict UTF-8 by default)
+        return av.open(path, metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as exc:
         if has_container_signature(path):
             raise MediaError(path, "truncated", f"the container header is there but it cannot be read ({exc})") from exc
@@ -65,6 +66,9 @@ def probe(path: str) -> Probe:
         video = container.streams.video[0] if container.streams.video else None
         has_audio = bool(container.streams.audio)
         audio = container.streams.audio[0] if has_audio else None
+        for stream in (video, audio):
+            if stream is not None and stream.codec_context is None:  # a codec id no decoder knows (damaged header)
+                raise MediaError(path, "unsupported_codec", f"no decoder for the {stream.type} stream")
         if video is None:
             return Probe(_duration(container, audio), 0.0, 0, 0, "", 0, False, has_audio)
         ctx = video.codec_context

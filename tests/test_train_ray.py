@@ -82,3 +82,23 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
                                           tracking=TrackingConfig(enabled=False)), log=lambda m: None)
     assert clean["steps"] == 6 and set(clean) == set(summary) and clean["resumed_from"] == 0
     assert abs(clean["last_loss"] - summary["last_loss"]) < 0.35 * clean["first_loss"]
+
+
+def test_a_stage_with_features_output_and_ray_storage_on_s3(ray_local, features, s3_bucket):
+    """Features read from s3://, the export written to s3://, Ray Train's checkpoints under an s3:// storage_path."""
+    from ray_emer import storage
+
+    for part in sorted(features.glob("part-*.parquet")):
+        storage.write_bytes(f"{s3_bucket}/features/{part.name}", part.read_bytes())
+    cfg = _cfg(f"{s3_bucket}/features", f"{s3_bucket}/stage1", checkpoint_every=2,
+               tracking=TrackingConfig(enabled=False))
+    cfg = dataclasses.replace(cfg, max_steps=4, val_samples=0,
+                              scaling=dataclasses.replace(cfg.scaling, workers=1, storage_path=f"{s3_bucket}/ray"))
+    summary = run_stage(cfg, log=lambda m: None)
+    assert summary["steps"] == 4 and summary["checkpoint"] and summary["output"] == f"{s3_bucket}/stage1"
+    written = {storage.basename(f) for f in storage.list_files(f"{s3_bucket}/ray")}
+    assert {"train_state.json", "final_metrics.json"} <= written, written  # Ray Train's run storage is on S3
+    model = load_checkpoint(f"{s3_bucket}/stage1")
+    rows = feature_rows(read_features(f"{s3_bucket}/features"), "val")
+    batch = next(batches(rows, 2, random.Random(0), shuffle=False))
+    assert len(model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False), max_new_tokens=4)) == 2

@@ -196,7 +196,8 @@ def ray_local(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        # address="local": always a fresh instance, never a head someone started on this machine (`ray start`)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     yield ray
     ray.shutdown()

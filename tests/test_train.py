@@ -84,6 +84,14 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path,
     texts = model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False),
                            max_new_tokens=12)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    # the export holds the trained weights: on held-out rows its loss is far below the untrained model's
+    from ray_emer.train.run import build_model
+
+    with torch.no_grad():
+        fresh = build_model(TrainConfig(preset="tiny")).eval()
+        loss = {name: float(m.eval()(m.processor.from_rows(batch, "ov_labels", random.Random(0))).loss)
+                for name, m in (("export", model), ("fresh", fresh))}
+    assert loss["export"] < 0.8 * loss["fresh"], loss
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")

@@ -143,7 +143,11 @@ COMMANDS: tuple[Command, ...] = (
                    F("--preset", to="preset",
                      help="model preset whose encoders run: tiny | affectgpt-qwen2.5-7b (default tiny)"),
                    F("--face-crop", to="media.face_crop", action="store_true", default=None,
-                     help="Haar face crops instead of whole frames"))),
+                     help="Haar face crops instead of whole frames"),
+                   F("--asr", to="asr.enabled", action="store_true", default=None,
+                     help="transcribe the audio of clips without a subtitle (subtitle_source asr); backend: "
+                          "--set asr.backend=offline (PocketSphinx, English, bundled; default) | whisper "
+                          "(--set asr.model=NAME_OR_DIR, asr.language=zh)"))),
     Command(("train",), "ray_emer.train.run:run_stage", "train one AffectGPT stage on cached features",
             "Train head + LoRA (per the config's trainable settings) on feature shards, locally or with Ray Train + "
             "FSDP2 (scaling.engine); --output receives the exported checkpoint directory (config.json, "

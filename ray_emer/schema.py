@@ -87,6 +87,7 @@ FEATURE_COLUMNS = (
     ("decode_s", pa.float32()),
     ("encode_s", pa.float32()),
     ("encoder", pa.string()),  # the model preset / config whose frozen encoders made the features
+    ("subtitle_source", pa.string()),  # given (manifest) | asr (extract --asr transcribed it) | none
 )
 
 

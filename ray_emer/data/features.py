@@ -26,7 +26,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ray_emer import storage
-from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri
+from ray_emer.asr import AsrConfig, AsrError, build_transcriber, check_config, has_subtitle
+from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri, load_audio
 from ray_emer.schema import FEATURE_REQUIRED, MANIFEST_SCHEMA, conform, feature_schema, tensor_array
 from ray_emer.tracking import TrackingConfig, tracking
 
@@ -46,6 +47,7 @@ class ExtractConfig:
     num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
+    asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
     progress: bool = True
 
 
@@ -63,15 +65,23 @@ def _error_text(exc: BaseException) -> str:
         return f"{exc.reason}: {exc.detail or exc.path}"
     if isinstance(exc, storage.StorageError):
         return f"storage_error: {exc}"
+    if isinstance(exc, AsrError):
+        return f"asr_failed: {exc}"
     return f"decode_failed: {type(exc).__name__}: {exc}"
 
 
-def decode_row(rec: dict, media: MediaConfig) -> dict:
-    """One manifest record -> arrays + flags; errors become ``status="error"`` with zeros."""
+def decode_row(rec: dict, media: MediaConfig, asr: AsrConfig | None = None) -> dict:
+    """One manifest record -> arrays + flags; errors become ``status="error"`` with zeros.
+
+    With ``asr.enabled``, a clip with audio and no subtitle is transcribed here (offline backend) or its
+    whole 16 kHz audio is handed on as ``asr_wave`` (float16 bytes) to the encoder's Whisper."""
     t0 = time.perf_counter()
     win = int(round(media.audio_window_s * SAMPLE_RATE))
     out = {"row_json": json.dumps(rec, default=str), "status": "ok", "error": "", "face_frames": -1,
-           "skipped_packets": -1, "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False}
+           "skipped_packets": -1, "video_backend": "", "duration_s": 0.0, "has_video": False, "has_audio": False,
+           "subtitle_source": "given" if has_subtitle(rec.get("subtitle")) else "none"}
+    if asr is not None and asr.enabled and asr.backend == "whisper":
+        out["asr_wave"] = b""
     try:
         clip = decode_uri(rec["video_uri"], rec.get("audio_uri"), media)
         # audio travels as float16: half the bytes through the object store, and what the encoders
@@ -79,6 +89,8 @@ def decode_row(rec: dict, media: MediaConfig) -> dict:
         out.update(frames=clip.frames, audio=clip.audio.astype(np.float16), has_video=clip.has_video,
                    has_audio=clip.has_audio, face_frames=clip.face_frames, video_backend=clip.video_backend,
                    duration_s=float(clip.probe.duration_s), skipped_packets=clip.skipped_packets)
+        if asr is not None and asr.enabled and clip.has_audio and out["subtitle_source"] == "none":
+            _asr_in_decode(rec, out, asr, media)
     except Exception as exc:  # noqa: BLE001 - one bad clip must never end the job
         out.update(status="error", error=_error_text(exc),
                    frames=np.zeros((media.num_frames, media.frame_size, media.frame_size, 3), np.uint8),
@@ -87,16 +99,44 @@ def decode_row(rec: dict, media: MediaConfig) -> dict:
     return out
 
 
+def _asr_in_decode(rec: dict, out: dict, asr: AsrConfig, media: MediaConfig) -> None:
+    """The clip's whole audio (the decoded clip keeps windows only): transcribed now by the offline backend
+    (CPU work, spread over the decode tasks), or handed to the encoder, where Whisper is loaded once."""
+    with storage.local_copy(rec.get("audio_uri") or rec["video_uri"]) as path:
+        wave, _ = load_audio(path, min_decoded_share=media.min_decoded_share)  # as decode_uri read it
+    if asr.backend == "whisper":
+        out["asr_wave"] = wave.astype(np.float16).tobytes()
+        return
+    try:
+        text = build_transcriber(asr).transcribe(wave)
+    except AsrError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the clip's row says why
+        raise AsrError(f"{type(exc).__name__}: {exc}") from exc
+    if text.strip():
+        out.update(row_json=json.dumps({**rec, "subtitle": text.strip()}, default=str), subtitle_source="asr")
+
+
+def _column(name: str, values: list) -> np.ndarray:
+    if name in ("frames", "audio"):
+        return np.stack(values)
+    if name == "asr_wave":  # bytes of any length as objects (numpy's bytes dtype drops trailing zero bytes)
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        return arr
+    return np.array(values)
+
+
 def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
     """Decoded rows -> one columnar batch (what a Ray Data numpy batch looks like)."""
-    return {k: np.stack([r[k] for r in rows]) if k in ("frames", "audio") else np.array([r[k] for r in rows])
-            for k in rows[0]}
+    return {k: _column(k, [r[k] for r in rows]) for k in rows[0]}
 
 
 class FeatureEncoder:
     """Frozen encoders of a model config, turning decoded batches into feature tables."""
 
-    def __init__(self, preset: str, media: MediaConfig, device: str | None = None) -> None:
+    def __init__(self, preset: str, media: MediaConfig, device: str | None = None,
+                 asr: AsrConfig | None = None) -> None:
         import torch
 
         from ray_emer.model.config import resolve_model_config
@@ -111,6 +151,9 @@ class FeatureEncoder:
         self.video_shape = (media.num_frames, self.cfg.video_dim)
         self.audio_shape = (media.num_audio_windows, self.cfg.audio_dim)
         self.schema = feature_schema(self.video_shape, self.audio_shape)
+        # Whisper runs here, on the encoder's device, batched; the offline backend runs in decode_row
+        self.transcriber = build_transcriber(asr, self.device) if asr and asr.enabled and asr.backend == "whisper" \
+            else None
 
     def _encode(self, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         v, a = self.encoders.encode(frames, audio)
@@ -136,11 +179,35 @@ class FeatureEncoder:
                     video[i], audio[i] = (x[0] for x in self._encode(batch["frames"][i:i + 1], batch["audio"][i:i + 1]))
                 except Exception as exc:  # noqa: BLE001
                     status[i], error[i] = "error", f"encode_failed: {type(exc).__name__}: {exc}"
+        if self.transcriber is not None:
+            batch = self._transcribe(batch, status, error)
         has_video = np.array([bool(batch["has_video"][i]) and status[i] == "ok" for i in range(n)])
         has_audio = np.array([bool(batch["has_audio"][i]) and status[i] == "ok" for i in range(n)])
         video[~has_video], audio[~has_audio] = 0.0, 0.0
         encode_s = (time.perf_counter() - t0) / max(n, 1)
         return self._table(batch, video, audio, has_video, has_audio, status, error, encode_s)
+
+    def _transcribe(self, batch: dict[str, np.ndarray], status: list, error: list) -> dict[str, np.ndarray]:
+        """Whisper on the rows whose audio the decode step handed on: ``subtitle`` and ``subtitle_source``
+        filled in where it recognised something; a clip it fails on becomes an error row."""
+        rows, source = list(batch["row_json"]), [str(s) for s in batch["subtitle_source"]]
+        todo = [i for i in range(len(rows)) if status[i] == "ok" and len(batch["asr_wave"][i])]
+        waves = [np.frombuffer(batch["asr_wave"][i], np.float16).astype(np.float32) for i in todo]
+        try:
+            texts = self.transcriber.transcribe_batch(waves)
+        except Exception:  # noqa: BLE001 - find the clip that breaks the batch, keep the rest
+            texts = []
+            for i, wave in zip(todo, waves, strict=True):
+                try:
+                    texts.append(self.transcriber.transcribe(wave))
+                except Exception as exc:  # noqa: BLE001
+                    status[i], error[i] = "error", f"asr_failed: {type(exc).__name__}: {exc}"
+                    texts.append("")
+        for i, text in zip(todo, texts, strict=True):
+            if text.strip():
+                rows[i] = json.dumps({**json.loads(rows[i]), "subtitle": text.strip()})
+                source[i] = "asr"
+        return {**batch, "row_json": rows, "subtitle_source": source}
 
     def _table(self, batch, video, audio, has_video, has_audio, status, error, encode_s) -> pa.Table:
         records = [json.loads(s) for s in batch["row_json"]]
@@ -163,6 +230,7 @@ class FeatureEncoder:
             duration_s=pa.array(np.asarray(batch["duration_s"], np.float32)),
             decode_s=pa.array(np.asarray(batch["decode_s"], np.float32)),
             encode_s=pa.array(np.full(n, encode_s, np.float32)), encoder=pa.array([self.name] * n, pa.string()),
+            subtitle_source=pa.array([str(x) for x in batch["subtitle_source"]], pa.string()),
         )
         return conform(pa.table(cols), self.schema, FEATURE_REQUIRED)
 
@@ -248,11 +316,13 @@ def extract_sequential(cfg: ExtractConfig, limit: int | None = None) -> dict:
     media = effective_media(cfg)
     todo, total, skipped = pending_records(cfg)
     todo = todo[:limit] if limit is not None else todo
-    encoder = FeatureEncoder(cfg.preset, media)
+    if cfg.asr.enabled:
+        check_config(cfg.asr)  # a bad backend/model/language fails here, not as one error row per clip
+    encoder = FeatureEncoder(cfg.preset, media, asr=cfg.asr)
     t0 = time.perf_counter()
     counts = {"ok": 0, "error": 0}
     for rec in todo:
-        table = encoder.encode_batch(stack_rows([decode_row(rec, media)]))
+        table = encoder.encode_batch(stack_rows([decode_row(rec, media, cfg.asr)]))
         write_shard(table, cfg.output)
         for s in table.column("status").to_pylist():
             counts[s] += 1

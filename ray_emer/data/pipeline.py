@@ -29,16 +29,16 @@ from ray_emer.data.features import (
 from ray_emer.tracking import open_tracker
 
 
-def _decode(batch: dict[str, np.ndarray], media) -> dict[str, np.ndarray]:
-    """Decode a batch of serialized manifest records (a stateless task)."""
-    return stack_rows([decode_row(json.loads(s), media) for s in batch["record"]])
+def _decode(batch: dict[str, np.ndarray], media, asr) -> dict[str, np.ndarray]:
+    """Decode a batch of serialized manifest records (a stateless task; the offline ASR backend runs here)."""
+    return stack_rows([decode_row(json.loads(s), media, asr) for s in batch["record"]])
 
 
 class _EncodeAndWrite:
     """Actor: frozen encoders loaded once; each batch -> one shard; returns a small summary."""
 
-    def __init__(self, preset: str, media, output: str) -> None:
-        self.encoder = FeatureEncoder(preset, media)
+    def __init__(self, preset: str, media, output: str, asr) -> None:
+        self.encoder = FeatureEncoder(preset, media, asr=asr)  # with asr.backend whisper: Whisper on its device
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,6 +77,10 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
         from ray_emer.config import ConfigError
 
         raise ConfigError("extract needs --input and --output (or input/output in the config)")
+    if cfg.asr.enabled:
+        from ray_emer.asr import check_config
+
+        check_config(cfg.asr)  # a bad backend/model/language fails here, not as one error row per clip
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg)
@@ -92,13 +96,13 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
         gpu = use_gpu(cfg.use_gpu)
         n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
         ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
-        ds = ds.map_batches(_decode, fn_kwargs={"media": media}, batch_size=cfg.decode_batch_size,
+        ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=cfg.decode_batch_size,
                             num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
                             # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
                             # that differ from the actor's also keep Ray from fusing decode into the encoder
                             # actor, where it would run serially next to the encoder
                             memory=cfg.decode_memory_mb * 2**20)
-        ds = ds.map_batches(_EncodeAndWrite, fn_constructor_args=(cfg.preset, media, cfg.output),
+        ds = ds.map_batches(_EncodeAndWrite, fn_constructor_args=(cfg.preset, media, cfg.output, cfg.asr),
                             batch_size=cfg.encode_batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
                             num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)

@@ -260,7 +260,7 @@ def test_offline_backend_on_synthesised_english_speech(tmp_path):
     # weak, as measured (0.82 with espeak-ng 1.51): the bound only catches a broken pipeline (half or double
     # the sample rate gives 1.0, even the same speech played backwards 0.95)
     assert wer < 0.9, (wer, hyps)
-    assert per_s < 2.0
+    # per_s is printed, not asserted: 0.24 s per audio second on the idle 2-core machine, 1.6 at load 15
 
 
 @pytest.mark.timeout(300)

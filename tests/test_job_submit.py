@@ -1,5 +1,5 @@
 """Every job under `ray job submit`, and `serve deploy`, against a local head started with `ray start --head`
-(slow: run with -m slow)."""
+(slow: run with -m slow); one documented submit line against a head with token auth (in CI)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from ray_emer.synthetic import SynthConfig
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def _port() -> int:
@@ -27,26 +27,53 @@ def _port() -> int:
 
 
 @pytest.fixture
-def ray_head():
-    """`ray start --head` on free ports (token auth off for the test); yields the dashboard URL and the env."""
+def ray_head(request, tmp_path_factory):
+    """`ray start --head` on free ports; yields the dashboard URL and the env for its clients.
+
+    Auth mode "disabled" (the default) starts it with `RAY_AUTH_MODE=disabled`. Mode "token" (parametrise
+    indirectly) starts it as the README does, plain `ray start --head` with RAY_AUTH_MODE unset, under a
+    temporary HOME whose `~/.ray/auth_token` comes from `ray get-auth-token --generate` (Ray 2.60's head turns
+    token auth on when a token exists); the yielded env has that HOME and no RAY_AUTH_MODE, so a client finds
+    the token only when it says `RAY_AUTH_MODE=token`. The real ~/.ray is never touched."""
+    mode = getattr(request, "param", "disabled")
     bindir = Path(sys.executable).parent
-    dash, gcs = _port(), _port()
+    dash, gcs, agent, client = _port(), _port(), _port(), _port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if mode == "disabled":
+        headers = {}
+    elif mode == "token":
+        # the session's local ray.init() may have set RAY_AUTH_MODE=token in this process; token sources
+        # other than ~/.ray/auth_token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) would take precedence over it
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(key, None)
+        env["HOME"] = str(tmp_path_factory.mktemp("home"))
+        subprocess.run([str(bindir / "ray"), "get-auth-token", "--generate"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        headers = {"Authorization": "Bearer " + (Path(env["HOME"]) / ".ray" / "auth_token").read_text().strip()}
+    else:
+        raise ValueError(f"unknown auth mode {mode!r}")
+    # every fixed default port moved too: a local ray.init() (the session's, or anyone's on this machine) holds
+    # the dashboard agent's 52365, and a head whose agent cannot bind it answers every submit with
+    # "No available agent to submit job"
     head = subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"],
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}"],
                             # (no --temp-dir under tmp_path: its socket paths would pass the 107-byte AF_UNIX limit)
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 180
-        while time.time() < deadline:  # the port opens before the job API answers
+        while True:  # the port opens before the job API answers
             try:
-                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as resp:
+                with urllib.request.urlopen(urllib.request.Request(f"{url}/api/version", headers=headers),
+                                            timeout=2) as resp:
                     if resp.status == 200:
                         break
-            except OSError:
+            except OSError:  # (HTTPError too: 401 until the token is sent)
                 pass
+            if time.time() > deadline or head.poll() is not None:
+                pytest.fail(f"`ray start --head` ({mode}) did not answer on {url} (exit code {head.poll()})")
             time.sleep(1)
         time.sleep(3)
         yield url, env
@@ -60,6 +87,53 @@ def ray_head():
             record.unlink()
 
 
+EXTRACT_CLIPS = 4
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("ray_head", ["token"], indirect=True)
+def test_documented_submit_needs_and_uses_token_auth(ray_head, tmp_path):
+    """The README's extract line, verbatim but for the address and the /tmp/ root (`RAY_AUTH_MODE=token`
+    kept, run by a shell), against a plain `ray start --head` with a token in ~/.ray: without the
+    `RAY_AUTH_MODE=token` prefix the head refuses the submit (so auth is on); with it the job runs and writes
+    the features of a small synthetic archive placed where the line expects the quickstart's held-out split."""
+    import csv
+    import shlex
+
+    import numpy as np
+
+    from ray_emer.data.features import feature_arrays, read_features
+    from ray_emer.synthetic import write_archive
+
+    url, env = ray_head
+    line = submit_line("extract_features.yaml")
+    assert "python jobs/extract_features.py" in line and line in (REPO / "README.md").read_text()
+    argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(line.replace("http://127.0.0.1:8265", url))]
+    manifest = tmp_path / "ray_emer_quickstart" / "heldout" / "manifest.csv"
+    assert str(manifest) in argv
+    write_archive(str(manifest.parent), SynthConfig(clips=EXTRACT_CLIPS, seed=3))
+    out = tmp_path / "ray_emer_features"
+
+    assert argv[0] == "RAY_AUTH_MODE=token"
+    refused = subprocess.run(["bash", "-c", shlex.join(argv[1:])], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=240)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Authentication required" in said, said[-3000:]
+    assert not out.exists()
+
+    done = subprocess.run(["bash", "-c", shlex.join(argv)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+    assert summary["ok"] == EXTRACT_CLIPS and summary["error"] == 0, summary
+    assert json.loads((out / "_summary.json").read_text())["ok"] == EXTRACT_CLIPS
+    table = read_features(str(out))
+    wanted = {row["clip_id"] for row in csv.DictReader(manifest.open())}
+    assert sorted(table.column("clip_id").to_pylist()) == sorted(wanted) and len(wanted) == EXTRACT_CLIPS
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert np.abs(feature_arrays(table, "video_feats")).sum(axis=(1, 2)).min() > 0
+
+
 CHAIN = ["quickstart.yaml", "extract_features.yaml", "stage1_coarse.yaml", "stage2_fine.yaml", "label_archive.yaml"]
 
 
@@ -70,6 +144,7 @@ def submit_line(name: str) -> str:
     return first[len("# Submit: "):]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_every_job_as_documented_under_ray_job_submit(ray_head, tmp_path):
     """quickstart -> extract -> stage 1 -> stage 2 -> label, each with its YAML's (= the README's) submit line;
@@ -101,6 +176,7 @@ def test_every_job_as_documented_under_ray_job_submit(ray_head, tmp_path):
     assert {"ray_emer-extract", "ray_emer-train", "ray_emer-label"} <= names, names
 
 
+@pytest.mark.slow
 def test_serve_deploy_serve_config(ray_head, tmp_path):
     """`serve deploy serve_config.yaml` against `ray start --head`: only the checkpoint, the port and the key
     file differ from the shipped file."""

@@ -88,7 +88,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from ray_emer.serve.app import build_app
+    from ray_emer.serve.app import build_app_with
     from ray_emer.synthetic import SynthConfig, write_archive
 
     work = Path(tempfile.mkdtemp(prefix="ray_emer_serve_load_"))
@@ -109,7 +109,7 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = 8000 + os.getpid() % 1000
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_args, options), name="ray_emer", route_prefix="/")
+    serve.run(build_app_with(app_args, options), name="ray_emer", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     timeline, stop, t_start = [], threading.Event(), time.perf_counter()
 

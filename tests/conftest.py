@@ -23,6 +23,10 @@ SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 # temp folder, never the user's ~/.ray_emer. Set before any Ray or CLI subprocess starts, so they inherit it.
 os.environ["RAY_EMER_HOME"] = tempfile.mkdtemp(prefix="ray_emer_test_home_")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# A local ray.init() with token auth at its default writes ~/.ray/auth_token into the real HOME (after which any
+# plain `ray start --head` on the machine demands tokens): the session's local Ray runs without auth. The
+# token-auth job test gives its own head a token in a temp HOME.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")

@@ -278,11 +278,15 @@ async def _sse(rid: str, created: int, model: str, content: str, extra: dict):
     yield "data: [DONE]\n\n"
 
 
-def build_app(args: dict, deployment_options: dict | None = None):
+def build_app(args: dict):
     """The Serve application builder: ``serve_config.yaml``'s ``args`` (unknown keys fail) -> Application.
+    (Ray Serve requires a builder of exactly one parameter: ``serve deploy`` refuses any other.)"""
+    return build_app_with(args)
 
-    ``deployment_options`` (name -> ``.options()`` kwargs, e.g. the ``deployments`` entries of
-    ``serve_config.yaml``) is for the Python API; ``serve deploy`` applies the YAML's itself."""
+
+def build_app_with(args: dict, deployment_options: dict | None = None):
+    """``build_app`` for the Python API, with ``deployment_options`` (name -> ``.options()`` kwargs, e.g. the
+    ``deployments`` entries of ``serve_config.yaml``; ``serve deploy`` applies the YAML's itself)."""
     extra = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (deployment_options or {}).items()}
     cfg = args if isinstance(args, ServeArgs) else from_dict(ServeArgs, dict(args or {}))
     if not cfg.checkpoint:

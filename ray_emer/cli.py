@@ -290,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
             opts = dict(flag.opts)
             if flag.to:
                 opts["dest"] = "cfg:" + flag.to
+                if opts.get("action") in (None, "store") and "choices" not in opts:
+                    opts.setdefault("metavar", flag.names[0].lstrip("-").upper().replace("-", "_"))
             p.add_argument(*flag.names, **opts)
         if cmd.config:
-            p.add_argument("--config", dest="_config", help="YAML run config (unknown keys fail)")
+            p.add_argument("--config", dest="_config", metavar="YAML", help="YAML run config (unknown keys fail)")
             p.add_argument("--set", dest="_overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="dotted override, parsed by the type of the field it sets, e.g. "
                                 "--set tracking.enabled=false (repeatable)")

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ray_emer import storage
 from ray_emer.asr import AsrConfig, AsrError, build_transcriber, check_config, has_subtitle
-from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri, load_audio
+from ray_emer.media import SAMPLE_RATE, MediaConfig, MediaError, decode_uri
 from ray_emer.schema import FEATURE_REQUIRED, MANIFEST_SCHEMA, conform, feature_schema, tensor_array
 from ray_emer.tracking import TrackingConfig, tracking
 
@@ -90,7 +90,7 @@ def decode_row(rec: dict, media: MediaConfig, asr: AsrConfig | None = None) -> d
                    has_audio=clip.has_audio, face_frames=clip.face_frames, video_backend=clip.video_backend,
                    duration_s=float(clip.probe.duration_s), skipped_packets=clip.skipped_packets)
         if asr is not None and asr.enabled and clip.has_audio and out["subtitle_source"] == "none":
-            _asr_in_decode(rec, out, asr, media)
+            _asr_in_decode(rec, out, asr, clip.wave)
     except Exception as exc:  # noqa: BLE001 - one bad clip must never end the job
         out.update(status="error", error=_error_text(exc),
                    frames=np.zeros((media.num_frames, media.frame_size, media.frame_size, 3), np.uint8),
@@ -99,11 +99,9 @@ def decode_row(rec: dict, media: MediaConfig, asr: AsrConfig | None = None) -> d
     return out
 
 
-def _asr_in_decode(rec: dict, out: dict, asr: AsrConfig, media: MediaConfig) -> None:
-    """The clip's whole audio (the decoded clip keeps windows only): transcribed now by the offline backend
-    (CPU work, spread over the decode tasks), or handed to the encoder, where Whisper is loaded once."""
-    with storage.local_copy(rec.get("audio_uri") or rec["video_uri"]) as path:
-        wave, _ = load_audio(path, min_decoded_share=media.min_decoded_share)  # as decode_uri read it
+def _asr_in_decode(rec: dict, out: dict, asr: AsrConfig, wave: np.ndarray) -> None:
+    """The clip's whole audio track (as decoding read it): transcribed now by the offline backend (CPU work,
+    spread over the decode tasks), or handed to the encoder, where Whisper is loaded once."""
     if asr.backend == "whisper":
         out["asr_wave"] = wave.astype(np.float16).tobytes()
         return

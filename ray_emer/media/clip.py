@@ -45,6 +45,7 @@ class DecodedClip:
     video_backend: str
     face_frames: int = -1  # frames where a face was found and cropped; -1 when face_crop is off
     skipped_packets: int = 0  # video + audio packets the decoder rejected and decoding skipped
+    wave: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the whole 16 kHz mono track (ASR)
 
     def summary(self) -> dict:
         return {
@@ -119,7 +120,8 @@ def _decode_clip(video_path: str, audio_path: str | None, cfg: MediaConfig) -> D
         windows = audio_windows(wave, cfg.num_audio_windows, cfg.audio_window_s)
     else:
         windows, has_audio = np.zeros((cfg.num_audio_windows, win), np.float32), False
-    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces, skipped)
+    return DecodedClip(frames, windows, info.has_video, has_audio, info, backend, faces, skipped,
+                       wave if has_audio else None)
 
 
 def decode_summary(file: str, audio: str | None = None, num_frames: int = 8, size: int = 224,

@@ -89,11 +89,15 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- data
+def in_split(row: dict, split: str, exclude: str = "") -> bool:
+    """``row`` belongs to ``split`` ("" = any split but ``exclude``)."""
+    return row.get("split") == split if split else not (exclude and row.get("split") == exclude)
+
+
 def usable_row(row: dict, split: str, exclude: str = "") -> bool:
     """A row a stage trains or validates on: decoded, in ``split`` ("" = any split but ``exclude``), with a target."""
     labels = row.get("labels")
-    in_split = row.get("split") == split if split else not (exclude and row.get("split") == exclude)
-    return (row["status"] == "ok" and in_split
+    return (row["status"] == "ok" and in_split(row, split, exclude)
             and (bool(row.get("description")) or (labels is not None and len(labels) > 0)))
 
 
@@ -102,8 +106,8 @@ def require_rows(rows: list[dict], split: str, source: str, exclude: str = "") -
     if any(usable_row(r, split, exclude) for r in rows):
         return
     ok = [r for r in rows if r["status"] == "ok"]
-    in_split = [r for r in ok if (r.get("split") == split if split else not (exclude and r.get("split") == exclude))]
-    raise TrainDataError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(in_split)} in split "
+    rows_in_split = [r for r in ok if in_split(r, split, exclude)]
+    raise TrainDataError(f"{source}: no usable training rows: {len(rows)} rows, {len(ok)} ok, {len(rows_in_split)} in split "
                      f"{split or '<any>'!r}, 0 of those with a description or labels (extract a manifest that "
                      f"carries them, or set train_split)")
 

@@ -325,3 +325,26 @@ def synth_job(cfg: SynthConfig, log=None, out: str = "") -> dict:
 
         raise ConfigError("synth needs --out (a folder or s3:// prefix)")
     return {"manifest": write_archive(out, cfg), "clips": cfg.clips, "seed": cfg.seed, "coarse": cfg.coarse}
+
+
+def length_mix_rows(n: int, video_dim: int, audio_dim: int, seed: int = 0, frames: int = 8) -> list[dict]:
+    """``n`` feature rows (random features) whose texts have the lengths of real EMER data: descriptions of
+    200-600 characters, subtitles of 0-200, 1-4 labels; for measuring padding and step cost, not learning."""
+    rng = np.random.default_rng(seed)
+    sentences = [s for lines in WORDS.values() for s in lines] + NEUTRAL_WORDS
+    clue = [f"the {part} {word}" for part in ("face", "voice", "brow", "mouth", "tone")
+            for word in ("tightens", "drops", "rises", "trembles", "softens", "stays even")]
+
+    def text(lo: int, hi: int, pool: list[str]) -> str:
+        want, out = int(rng.integers(lo, hi + 1)), ""
+        while len(out) < want:
+            out += (" " if out else "") + str(pool[int(rng.integers(len(pool)))])
+        return out[:want].rstrip()
+
+    labels = [w for syn in SYNONYMS.values() for w in syn] + list(EMOTIONS)
+    return [{"clip_id": f"mix{i:05d}", "subtitle": text(0, 200, sentences) if rng.random() > 0.1 else "",
+             "description": text(200, 600, clue + sentences),
+             "labels": [str(x) for x in rng.choice(labels, size=int(rng.integers(1, 5)), replace=False)],
+             "split": "train", "status": "ok", "has_video": True, "has_audio": True,
+             "video_feats": rng.standard_normal((frames, video_dim)).astype(np.float32),
+             "audio_feats": rng.standard_normal((frames, audio_dim)).astype(np.float32)} for i in range(n)]

@@ -176,13 +176,47 @@ class AffectGPT(nn.Module):
         return splice(self.llm.get_input_embeddings(), batch.input_ids.to(self.device), rows,
                       self.processor.placeholder_ids, self.tokenizer.pad_token_id)
 
-    # ------------------------------------------------------------ public API
-    def forward(self, batch: MultimodalBatch):
-        """Causal-LM output whose ``loss`` covers the answer tokens (and end-of-answer) only."""
+    def llm_inputs(self, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
+        """What the LLM gets for a training batch: padded rows (``inputs_embeds``, ``attention_mask``,
+        ``labels``), or, for a packed batch, the shared rows with ``position_ids`` restarting per sample and
+        no attention mask (transformers then keeps attention inside each sample) and no KV cache."""
         if batch.labels is None:
             raise ValueError("training needs a batch with targets (processor(..., targets=...))")
-        return self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask.to(self.device),
-                        labels=batch.labels.to(self.device))
+        emb, dev = self.embed(batch), self.device
+        if batch.packed is None:
+            return {"inputs_embeds": emb, "attention_mask": batch.attention_mask.to(dev),
+                    "labels": batch.labels.to(dev)}
+        p = batch.packed
+        index = p.index.to(dev)
+        flat = emb.reshape(-1, emb.shape[-1])[index.clamp(min=0)]
+        packed = torch.where((index >= 0).unsqueeze(-1), flat, torch.zeros((), dtype=flat.dtype, device=dev))
+        return {"inputs_embeds": packed, "position_ids": p.position_ids.to(dev), "labels": p.labels.to(dev),
+                "use_cache": False}
+
+    # ------------------------------------------------------------ public API
+    def forward(self, batch: MultimodalBatch):
+        """Causal-LM output whose ``loss`` is the mean over the answer tokens (and end-of-answer) of every
+        sample, the same whether the batch is padded or packed."""
+        return self.llm(**self.llm_inputs(batch))
+
+    def sample_losses(self, batch: MultimodalBatch) -> torch.Tensor:
+        """Per sample, the mean loss over its own answer tokens ``[B]`` (padded or packed alike)."""
+        inputs = self.llm_inputs(batch)
+        labels = inputs.pop("labels")
+        logits = self.llm(**inputs).logits.float()
+        if batch.packed is None:
+            owner = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+        else:
+            owner = batch.packed.sample.to(labels.device)
+        target, owner = labels[:, 1:], owner[:, 1:]  # position t predicts token t + 1
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                ignore_index=IGNORE, reduction="none")
+        keep = (target.reshape(-1) != IGNORE)
+        who = owner.reshape(-1)[keep]
+        n = len(batch)
+        total = torch.zeros(n, device=nll.device).index_add(0, who, nll[keep])
+        count = torch.zeros(n, device=nll.device).index_add(0, who, torch.ones_like(nll[keep]))
+        return total / count.clamp(min=1)
 
     @contextlib.contextmanager
     def _gathered(self):

@@ -8,6 +8,10 @@ all build their ``MultimodalBatch`` here; ``AffectGPT`` only embeds and runs it.
 - ``__call__``: tensors/arrays + per-sample subtitles and tasks (+ targets)
 - ``from_rows``: a columnar feature batch (numpy dict, as ``read_features`` or a Ray
   Data shard yields it) with the hybrid task choice and modality dropping of training
+- ``pack``: sequence packing for training: the samples of a batch share rows (first fit
+  decreasing), each with positions restarting at 0 and attention that never crosses into
+  another sample, so almost no token the LLM computes is padding; the loss of every sample
+  is unchanged (``AffectGPT.sample_losses``)
 """
 
 from __future__ import annotations
@@ -26,6 +30,49 @@ IGNORE = -100  # loss label of prompt and padding positions
 
 
 @dataclasses.dataclass
+class PackedRows:
+    """Where each sample's tokens sit when a batch is packed: ``R`` rows of ``C`` tokens.
+
+    ``index`` points every packed position at its position in the flattened unpacked batch
+    (``b * L + t``), -1 where the row is padding; ``sample`` is the sample a position belongs to
+    (-1 for padding). ``position_ids`` restart at 0 for every sample (and for the padding block at a
+    row's end), which is what tells the LLM's attention mask where one sample ends.
+    """
+
+    index: torch.Tensor  # [R, C] long
+    position_ids: torch.Tensor  # [R, C] long
+    labels: torch.Tensor  # [R, C] long, IGNORE at prompt and padding positions
+    sample: torch.Tensor  # [R, C] long
+
+    @property
+    def tokens(self) -> int:
+        return int(self.index.numel())
+
+    @property
+    def padding(self) -> int:
+        return int((self.index < 0).sum())
+
+
+def plan_rows(lengths: Sequence[int], row_length: int = 0) -> list[list[int]]:
+    """Samples per packed row. ``row_length=0``: the whole batch in one row (no padding at all). Otherwise
+    as many rows as ``row_length`` tokens each need (at least the longest sample), filled longest sample
+    first into the emptiest row so the rows come out about equally long (their lengths set the padding).
+    Samples keep their batch order inside a row."""
+    if not lengths:
+        return []
+    total = sum(lengths)
+    n_rows = 1 if row_length <= 0 else max(1, -(-total // max(row_length, max(lengths))))
+    n_rows = min(n_rows, len(lengths))
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    fill = [0] * n_rows
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(n_rows), key=lambda r: (fill[r], r))
+        rows[r].append(i)
+        fill[r] += lengths[i]
+    return [sorted(r) for r in rows]
+
+
+@dataclasses.dataclass
 class MultimodalBatch:
     """What ``AffectGPT`` consumes: token ids with placeholder tokens, and the feature rows behind them."""
 
@@ -41,9 +88,21 @@ class MultimodalBatch:
     prompts: list[str] = dataclasses.field(default_factory=list)  # rendered prompt texts (logs, checks)
     tasks: list[str] = dataclasses.field(default_factory=list)
     targets: list[str] | None = None
+    packed: PackedRows | None = None  # training batches packed into shared rows (see ``AffectGPTProcessor.pack``)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the token positions the LLM computes that are padding."""
+        if self.packed is not None:
+            return self.packed.padding / max(1, self.packed.tokens)
+        return 1.0 - float(self.attention_mask.sum()) / max(1, self.attention_mask.numel())
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
 
     @property
     def left_padded(self) -> bool:
@@ -107,6 +166,33 @@ class AffectGPTProcessor:
             out["labels"] = labels
         return out
 
+    def pack(self, batch: MultimodalBatch, row_length: int = 0) -> MultimodalBatch:
+        """The same batch with its samples packed into shared rows (``plan_rows``) for the LLM; the
+        unpacked ids, mask and labels stay for the head and the embedding splice. Training only."""
+        if batch.labels is None:
+            raise ValueError("packing is for training batches (with targets)")
+        if not bool(batch.attention_mask[:, 0].all()):
+            raise ValueError("packing needs a right-padded batch")
+        lengths = [int(n) for n in batch.attention_mask.sum(1)]
+        width = int(batch.attention_mask.shape[1])
+        rows = plan_rows(lengths, row_length)
+        c = max(sum(lengths[i] for i in r) for r in rows)
+        index = torch.full((len(rows), c), -1, dtype=torch.long)
+        sample = torch.full_like(index, -1)
+        pos = torch.zeros_like(index)
+        labels = torch.full_like(index, IGNORE)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                n = lengths[i]
+                index[r, at:at + n] = torch.arange(i * width, i * width + n)
+                sample[r, at:at + n] = i
+                pos[r, at:at + n] = torch.arange(n)
+                labels[r, at:at + n] = batch.labels[i, :n]
+                at += n
+            pos[r, at:] = torch.arange(c - at)  # the padding block: its own "sample", after every real one
+        return dataclasses.replace(batch, packed=PackedRows(index, pos, labels, sample))
+
     # ------------------------------------------------------------ batches
     def __call__(self, video_feats, audio_feats, subtitles: Sequence[str | None], tasks: Sequence[str],
                  has_video: Sequence[bool] | None = None, has_audio: Sequence[bool] | None = None,
@@ -129,12 +215,13 @@ class AffectGPTProcessor:
 
     def from_rows(self, batch: dict, task: str = "hybrid", rng: random.Random | None = None,
                   drop: Sequence[str] = (), with_targets: bool = True,
-                  padding_side: str | None = None) -> MultimodalBatch:
+                  padding_side: str | None = None, pack: bool = False, row_length: int = 0) -> MultimodalBatch:
         """A columnar feature batch -> ``MultimodalBatch``.
 
         ``task``: ``description`` | ``ov_labels`` | ``hybrid`` (one of the targets a row has,
         picked with ``rng``, as published training does); ``drop``: modalities to remove
-        (ablations); ``with_targets=False`` for generation.
+        (ablations); ``with_targets=False`` for generation; ``pack`` packs the samples into shared
+        rows of ``row_length`` tokens (training; see ``pack``).
         """
         n = len(batch["clip_id"])
         rng = rng or random.Random(0)
@@ -146,5 +233,6 @@ class AffectGPTProcessor:
                  for i in range(n)]
         subs = [_text_or_none(s) for s in batch.get("subtitle", [None] * n)]
         targets = [PromptBuilder.target(tasks[i], descs[i], labels[i]) for i in range(n)] if with_targets else None
-        return self(batch["video_feats"], batch["audio_feats"], subs, tasks, has_video, has_audio, targets,
-                    padding_side)
+        out = self(batch["video_feats"], batch["audio_feats"], subs, tasks, has_video, has_audio, targets,
+                   padding_side)
+        return self.pack(out, row_length) if pack else out

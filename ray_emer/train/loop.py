@@ -52,6 +52,10 @@ class DataConfig:
     batch_size: int = 8  # per worker
     task: Literal["hybrid", "description", "ov_labels"] = "hybrid"
     drop_modalities: list[str] = dataclasses.field(default_factory=list)  # ablation: audio | video
+    # Sequence packing: a micro-batch's samples share rows (positions restart per sample, attention stays
+    # inside each sample, the loss per sample is unchanged), so the LLM computes almost no padding
+    packing: bool = True
+    pack_length: int = 0  # tokens per packed row (at least the longest sample); 0: the whole micro-batch in one row
 
 
 @dataclasses.dataclass
@@ -201,40 +205,129 @@ def _autocast(model: torch.nn.Module):
 
 
 # ---------------------------------------------------------------- the loop
+def micro_step(model: AffectGPT, batch: dict, data: DataConfig, rng: random.Random, accum: int = 1,
+               weight: float = 1.0) -> dict:
+    """Forward + backward of one micro-batch as training runs it (processor, packing, head, LLM); the
+    gradients accumulate in the parameters (``weight=0``: a rank with no data left keeps the collectives in
+    step without moving anything). -> ``loss`` (this micro-batch's share), ``tokens`` (real tokens),
+    ``positions`` (token positions the LLM computed, padding included)."""
+    mb = model.processor.from_rows(batch, data.task, rng, tuple(data.drop_modalities), pack=data.packing,
+                                   row_length=data.pack_length)
+    with _autocast(model):
+        loss = model(mb).loss / accum
+    (loss * weight).backward()
+    positions = mb.packed.tokens if mb.packed is not None else int(mb.attention_mask.numel())
+    return {"loss": loss.item(), "tokens": mb.real_tokens, "positions": positions}
+
+
 @dataclasses.dataclass
 class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0
     losses: list[float] = dataclasses.field(default_factory=list)  # per optimizer step
     samples: int = 0
+    # Where the run is in its epoch: the clip ids whose gradients are in the weights. ``epoch_seen``: this
+    # rank's since the (re)start; ``epoch_restored``: every rank's up to the checkpoint a resumed run began
+    # at. A resumed epoch goes on with the rest of its rows: none twice, none skipped.
+    epoch_seen: list[str] = dataclasses.field(default_factory=list)
+    epoch_restored: list[str] = dataclasses.field(default_factory=list)
+    last_epoch: dict | None = None  # the last finished epoch's {"epoch", "restored", "seen"} (reports, tests)
+
+
+def rebatch(batches: Iterable[dict], keep: Callable[[str], bool], batch_size: int) -> Iterator[dict]:
+    """Columnar batches -> the rows whose ``clip_id`` ``keep`` accepts, regrouped into ``batch_size`` batches."""
+    buf: list[dict] = []
+    for batch in batches:
+        rows = [i for i, cid in enumerate(batch["clip_id"]) if keep(str(cid))]
+        if rows:
+            buf.append({k: v[rows] for k, v in batch.items()})
+        while sum(len(b["clip_id"]) for b in buf) >= batch_size:
+            merged = {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            rest = {k: v[batch_size:] for k, v in merged.items()}
+            buf = [rest] if len(rest["clip_id"]) else []
+    if buf:
+        yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+
+
+def _world() -> tuple[int, str]:
+    """(world size, device type of collectives) of the initialised process group, (1, "") without one."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, ""
+    return dist.get_world_size(), "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
+def _joined(batches: Iterable[dict]) -> Iterator[dict | None]:
+    """Every rank's batches until every rank is out: a rank whose data ends first gets ``None`` (an idle,
+    zero-weight micro-step) while others still have some, so all ranks run the same collectives. Ray Data
+    splits rows evenly, but a resumed epoch's remaining rows need not be spread evenly over the ranks."""
+    world, device = _world()
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        if world > 1:
+            flag = torch.tensor([0 if batch is None else 1], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if not int(flag.item()):
+                return
+        elif batch is None:
+            return
+        yield batch
 
 
 def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
           val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
           optimizer=None, on_step: Callable[[TrainState], None] | None = None) -> TrainState:
-    """Run optimizer steps until ``total_steps``; ``epoch_batches(epoch)`` yields that epoch's batches.
+    """Train ``cfg.epochs`` epochs, or ``total_steps`` optimizer steps when ``cfg.max_steps`` sets a step budget
+    (``total_steps`` also shapes the lr schedule); ``epoch_batches(epoch)`` yields that epoch's batches.
 
-    ``state``/``optimizer`` resume a run; ``on_step`` is the seam for checkpointing and
-    fault injection (the Ray Train wiring uses it; the loop itself knows nothing of Ray).
+    ``state``/``optimizer`` resume a run: a resumed epoch continues where the state says (its rows
+    not in ``state.epoch_seen``, whatever order the data comes in). ``on_step`` is the seam for
+    checkpointing and fault injection (the Ray Train wiring uses it; the loop itself knows nothing of Ray).
     """
     tracker = tracker or NullTracker()
     state = state or TrainState()
     opt, sched = optimizer or make_optimizer(model, cfg.optim, total_steps)
     rng = random.Random(cfg.seed + state.step)
-    drop, accum = tuple(cfg.data.drop_modalities), max(1, cfg.optim.grad_accum)
+    accum = max(1, cfg.optim.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    t_log, samples_log = time.perf_counter(), 0
-    while state.step < total_steps:
-        micro, running, seen = 0, 0.0, 0
-        for batch in epoch_batches(state.epoch):
-            seen += 1
-            with _autocast(model):
-                loss = model(model.processor.from_rows(batch, cfg.data.task, rng, drop)).loss / accum
-            loss.backward()
-            running += loss.item()
+    t_log, samples_log, tokens_log, positions_log = time.perf_counter(), 0, 0, 0
+    by_steps = cfg.max_steps > 0  # else by epochs: a resumed epoch ends when its remaining rows do
+
+    def finished() -> bool:
+        return state.step >= total_steps if by_steps else state.epoch >= cfg.epochs
+
+    while not finished():
+        micro, running, raw, pending = 0, 0.0, 0, []
+        seen = set(state.epoch_restored) | set(state.epoch_seen)
+        idle: dict | None = None  # a batch an out-of-data rank runs at zero weight
+
+        def counted(epoch: int) -> Iterator[dict]:
+            nonlocal raw, idle
+            for b in epoch_batches(epoch):
+                raw += 1
+                idle = b if idle is None else idle
+                yield b
+
+        source = counted(state.epoch)
+        if seen:
+            source = rebatch(source, lambda cid: cid not in seen, cfg.data.batch_size)
+        for batch in _joined(source):
+            if batch is None and idle is None:
+                idle = next(iter(epoch_batches(state.epoch)), None)
+                if idle is None:
+                    raise TrainDataError(f"epoch {state.epoch}: this rank has no rows at all")
+            out = micro_step(model, batch if batch is not None else idle, cfg.data, rng, accum,
+                             weight=1.0 if batch is not None else 0.0)
+            if batch is not None:
+                running += out["loss"]
+                tokens_log += out["tokens"]
+                positions_log += out["positions"]
+                samples_log += len(batch["clip_id"])
+                pending.extend(str(c) for c in batch["clip_id"])
             micro += 1
-            samples_log += len(batch["clip_id"])
             if micro % accum:
                 continue
             if cfg.optim.grad_clip > 0:
@@ -244,22 +337,29 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
             opt.zero_grad(set_to_none=True)
             state.step += 1
             state.losses.append(running)
-            state.samples += samples_log
+            state.samples += len(pending)
+            state.epoch_seen.extend(pending)
+            pending = []
             if cfg.log_every and state.step % cfg.log_every == 0:
                 dt = time.perf_counter() - t_log
                 tracker.log_metrics({"loss": running, "lr": sched.get_last_lr()[0],
-                                     "samples_per_s": samples_log / max(dt, 1e-9)}, step=state.step)
-                t_log, samples_log = time.perf_counter(), 0
+                                     "samples_per_s": samples_log / max(dt, 1e-9),
+                                     "tokens_per_s": tokens_log / max(dt, 1e-9),
+                                     "padding_share": 1 - tokens_log / max(1, positions_log)}, step=state.step)
+                t_log, samples_log, tokens_log, positions_log = time.perf_counter(), 0, 0, 0
             if cfg.val_every and val_rows and state.step % cfg.val_every == 0:
                 tracker.log_metrics(validate(model, val_rows, cfg), step=state.step)
             running = 0.0
             if on_step is not None:
                 on_step(state)
-            if state.step >= total_steps:
+            if by_steps and state.step >= total_steps:
                 break
-        if not seen:  # an empty epoch would loop forever without a step
-            raise TrainDataError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
-        state.epoch += 1
+        else:  # the epoch's data ran out (not the step budget): the next epoch starts from all rows
+            if not raw:  # an empty epoch would loop forever without a step
+                raise TrainDataError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
+            state.last_epoch = {"epoch": state.epoch, "restored": state.epoch_restored, "seen": state.epoch_seen}
+            state.epoch += 1
+            state.epoch_seen, state.epoch_restored = [], []
     return state
 
 

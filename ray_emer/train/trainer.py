@@ -55,6 +55,11 @@ def _fault_marker(cfg: TrainConfig, rank: int, step: int) -> str:
     return os.path.join(_storage_path(cfg), f".fault_injected_rank{rank}_step{step}")
 
 
+def _seen_record(state: TrainState) -> dict:
+    return {"epoch": state.epoch, "restored": state.epoch_restored, "seen": state.epoch_seen,
+            "last_epoch": state.last_epoch}
+
+
 def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
     import torch.distributed.checkpoint as dcp
 
@@ -65,8 +70,12 @@ def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> Non
         dcp.save(sharded_state(model, opt), checkpoint_id=tmp)
         with open(os.path.join(tmp, f"fingerprint_rank{rank}.json"), "w") as fh:  # checked when resuming
             json.dump(state_fingerprint(model, opt, sched), fh)
+        with open(os.path.join(tmp, f"seen_rank{rank}.json"), "w") as fh:  # this rank's place in the epoch
+            json.dump(_seen_record(state), fh)
         if rank == 0:
             extra = {**dataclasses.asdict(state), "scheduler": sched.state_dict()}
+            for key in ("epoch_seen", "epoch_restored", "last_epoch"):  # every rank's own file holds its part
+                extra.pop(key)
             with open(os.path.join(tmp, "train_state.json"), "w") as fh:
                 json.dump(extra, fh)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -94,12 +103,21 @@ def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
             extra = json.load(fh)
         with open(os.path.join(d, f"fingerprint_rank{rank}.json")) as fh:
             saved = json.load(fh)
+        seen: set[str] = set()  # every rank's rows of the epoch so far: the resumed epoch goes on without them
+        for name in sorted(os.listdir(d)):
+            if name.startswith("seen_rank") and name.endswith(".json"):
+                with open(os.path.join(d, name)) as fh:
+                    part = json.load(fh)
+                if part["epoch"] != extra["epoch"]:
+                    raise RuntimeError(f"{name} is at epoch {part['epoch']}, the checkpoint at {extra['epoch']}")
+                seen.update(part["restored"], part["seen"])
     sched.load_state_dict(extra.pop("scheduler"))
+    extra["epoch_restored"] = sorted(seen)
     loaded = state_fingerprint(model, opt, sched)
     if json.dumps(saved, sort_keys=True) != json.dumps(loaded, sort_keys=True):
         raise RuntimeError(f"rank {rank}: the resumed state differs from the checkpoint: saved {saved}, "
                            f"loaded {loaded}")
-    return TrainState(**extra), {"saved": saved, "loaded": loaded}
+    return TrainState(**extra), {"saved": saved, "loaded": loaded, "seen": len(seen)}
 
 
 def _export(model, cfg: TrainConfig, rank: int) -> None:
@@ -165,15 +183,17 @@ def train_worker(config: dict) -> None:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
     final = {"step": state.step, "losses": state.losses, "metrics": metrics, "resumed_from": resumed_from,
-             "resume_check": resume_check}
-    # Train V2 keeps only metrics that come with a checkpoint: rank 0 attaches a small "final" one
+             "resume_check": resume_check, "epoch": state.epoch,
+             "resumed_seen": resume_check["seen"] if resume_check else 0}
+    # Train V2 keeps only metrics that come with a checkpoint: a small "final" one (rank 0's metrics, and
+    # every rank's rows of the last epoch, seen_rank<r>.json)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
+        with open(os.path.join(tmp, f"seen_rank{rank}.json"), "w") as fh:
+            json.dump(_seen_record(state), fh)
         if rank == 0:
             with open(os.path.join(tmp, "final_metrics.json"), "w") as fh:
                 json.dump(final, fh)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
+        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
 
 
 # ---------------------------------------------------------------- driver side

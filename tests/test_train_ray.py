@@ -26,7 +26,7 @@ def features(tmp_path_factory):
 def _cfg(features, out, **kw) -> TrainConfig:
     scaling = ScalingConfig(workers=2, worker_cpus=0.5, checkpoint_every=kw.pop("checkpoint_every", 0))
     return TrainConfig(features=str(features), output=str(out), preset="tiny", scaling=scaling,
-                       data=DataConfig(batch_size=4), max_steps=6, log_every=1, val_samples=8, val_max_new_tokens=6,
+                       data=DataConfig(batch_size=4), max_steps=kw.pop("max_steps", 6), log_every=1, val_samples=8, val_max_new_tokens=6,
                        optim=OptimConfig(lr=3e-3, warmup_steps=1, schedule="constant"), **kw)
 
 
@@ -34,10 +34,12 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     from ray_emer.train.trainer import run_ray_training
 
     db = tmp_path / "mlflow.db"
-    cfg = _cfg(features, tmp_path / "export", checkpoint_every=2,
+    # 36 train rows on 2 ranks, batch 4: epoch 0 is 5 steps (7 at most after a resume whose remaining rows come
+    # unevenly split), so 8 steps finish it and start epoch 1
+    cfg = _cfg(features, tmp_path / "export", checkpoint_every=2, max_steps=8,
                tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-train", run_name="crashy"))
     summary = run_ray_training(cfg, log=lambda m: None, fault=(1, 3))
-    assert summary["steps"] == 6 and len(summary["losses"]) == 6 and summary["engine"] == "ray"
+    assert summary["steps"] == 8 and len(summary["losses"]) == 8 and summary["engine"] == "ray"
     # the restarted group began at the step-2 checkpoint, not at 0, with the state that was saved there: each
     # rank fingerprints its shards of weights and Adam moments, Adam's step count and the scheduler when saving,
     # and again after loading (rank 0's pair comes back; a mismatch on any rank fails the worker)
@@ -45,12 +47,25 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     check = summary["resume_check"]
     assert check["loaded"] == check["saved"] and check["saved"]["optimizer_steps"] == [2.0]
     assert check["saved"]["scheduler_epoch"] == 2 and check["saved"]["moments"] != 0  # Adam moments were restored
+    # mid-epoch resume: the restarted group went on with epoch 0's remaining rows (Ray Data hands them out in its own
+    # order): every train row once in epoch 0, none twice (the 16 in the step-2 weights not again), none skipped
+    assert check["seen"] == 16
+    import json
+
+    parts = [json.loads((tmp_path / "export.ray" / "crashy" / "final" / f"seen_rank{r}.json").read_text())
+             for r in (0, 1)]
+    epoch0 = [p["last_epoch"] for p in parts]
+    assert [e["epoch"] for e in epoch0] == [0, 0] and epoch0[0]["restored"] == epoch0[1]["restored"]
+    restored, after = set(epoch0[0]["restored"]), epoch0[0]["seen"] + epoch0[1]["seen"]
+    assert len(restored) == 16 and len(after) == len(set(after)) and not restored & set(after), (restored, after)
+    train_ids = {r["clip_id"] for r in feature_rows(read_features(str(features)), "train")}
+    assert restored | set(after) == train_ids and len(train_ids) == 36
     # the crash happened (marker) and the group resumed from the step-2 checkpoint
     storage = tmp_path / "export.ray"
     assert list(storage.glob(".fault_injected_rank1_step3"))
     ckpts = sorted(storage.glob("crashy/step_*"))
     assert (storage / "crashy" / "final" / "final_metrics.json").is_file()
-    assert [c.name for c in ckpts] == ["step_0000004"]  # num_to_keep=2: step 4 and "final" (step 2 rotated out)
+    assert [c.name for c in ckpts] == ["step_0000006"]  # num_to_keep=2: step 6 and "final" (older rotated out)
     assert sorted(p.name for p in ckpts[-1].glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert (ckpts[-1] / "train_state.json").is_file()
 
@@ -80,9 +95,9 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     run = runs.iloc[0]
     assert run["params.world_size"] == "2" and run["params.preset"] == "tiny"
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "loss")
-    per_step = {s: sum(m.step == s for m in history) for s in range(1, 7)}
+    per_step = {s: sum(m.step == s for m in history) for s in range(1, 9)}
     # rank 0 alone logs: one entry per step; step 3 ran twice (before the crash and again after the resume)
-    assert all(per_step[s] == 1 for s in (1, 2, 4, 5, 6)) and 1 <= per_step[3] <= 2, per_step
+    assert all(per_step[s] == 1 for s in (1, 2, 4, 5, 6, 7, 8)) and 1 <= per_step[3] <= 2, per_step
     assert "metrics.val_label_accuracy" in run
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"loss_curve.png", "export"} <= arts
@@ -90,7 +105,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     # an uninterrupted run ends at a close loss
     clean = run_stage(dataclasses.replace(cfg, output=str(tmp_path / "clean"),
                                           tracking=TrackingConfig(enabled=False)), log=lambda m: None)
-    assert clean["steps"] == 6 and set(clean) == set(summary) and clean["resumed_from"] == 0
+    assert clean["steps"] == 8 and set(clean) == set(summary) and clean["resumed_from"] == 0
     assert abs(clean["last_loss"] - summary["last_loss"]) < 0.35 * clean["first_loss"]
 
 

@@ -19,12 +19,27 @@ layers at full width, so one layer's cost is the difference, times 28 layers), t
 full-size CLIP ViT-L/14 + HuBERT-large forward on the same clips, and decoding them at
 224 px. Its ratio is what caching saves where the LLM, not the encoders, dominates a
 step; no machine here holds the 7B model, so it is composed rather than timed whole.
+
+    python benchmarks/train_throughput.py --size mid --json     # Qwen2.5-0.5B-shaped LLM, ~5 min here
+    python benchmarks/train_throughput.py --size tiny --json
+
+(step overhead, always run) on feature rows with real EMER text lengths (descriptions of
+200-600 characters, subtitles 0-200, both target tasks), the same batches three ways,
+interleaved step by step: (before) the training step with right-padded batches, (after)
+the training step with packed batches (the default), (bare) the LLM alone, forward +
+backward on the very token rows of (after), no head, processor, data path or optimizer.
+Prints the padding share and useful (non-padding) tokens/s before/after, and
+overhead_ratio = bare / after (1.0: everything around the LLM is free). ``--size mid`` is
+the ``affectgpt-qwen2.5-0.5b`` preset with random weights (LoRA, batch 2) and skips the
+published-loop comparison; ``--size tiny`` runs both. ``--json``: the last stdout line is
+one JSON object with every number.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import random
 import tempfile
@@ -46,8 +61,10 @@ from ray_emer.data.features import (
 from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import AffectGPTConfig, get_preset, resolve_model_config
-from ray_emer.synthetic import SynthConfig, write_archive
-from ray_emer.train.loop import OptimConfig, feature_rows, make_optimizer, stack_batch
+from ray_emer.synthetic import SynthConfig, length_mix_rows, write_archive
+from ray_emer.train.loop import DataConfig, OptimConfig, feature_rows, make_optimizer, micro_step, stack_batch
+
+SIZES = {"tiny": ("tiny", 8, 10), "mid": ("affectgpt-qwen2.5-0.5b", 2, 5)}  # preset, batch size, timed steps
 
 
 def step(model, opt, batch, rng) -> float:
@@ -128,6 +145,106 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
           f"{(llm + encode_s + decode_s) / llm:.2f}x with decoding in the step too")
 
 
+def size_config(size: str) -> AffectGPTConfig:
+    """The benchmark model of a size: random weights from the preset's architecture, the shipped tiny tokenizer
+    (its ids fit any vocabulary; nothing to download)."""
+    cfg = get_preset(SIZES[size][0])
+    cfg.init, cfg.tokenizer, cfg.image_branch = "random", "tiny", False
+    return cfg
+
+
+def bare_inputs(model: AffectGPT, mb) -> dict:
+    """The LLM-only inputs of a packed batch: its token rows (placeholders as padding ids; the cost is the
+    same), restarting positions, labels."""
+    p, pad = mb.packed, model.tokenizer.pad_token_id
+    ids = mb.input_ids.reshape(-1)[p.index.clamp(min=0)]
+    slots = torch.isin(ids, torch.tensor(list(model.processor.placeholder_ids.values())))
+    ids = ids.masked_fill(slots | (p.index < 0), pad)
+    return {"input_ids": ids, "position_ids": p.position_ids, "labels": p.labels, "use_cache": False}
+
+
+def step_overhead(size: str, steps: int | None = None, batch_size: int | None = None,
+                  pack_length: int = DataConfig().pack_length,
+                  log=print) -> dict:
+    """Padding share, useful tokens/s before/after packing and bare LLM / full step (see the module docstring)."""
+    preset, default_bs, default_steps = SIZES[size]
+    bs, steps = batch_size or default_bs, steps or default_steps
+    cfg = size_config(size)
+    t0 = time.perf_counter()
+    model = AffectGPT.build(cfg, seed=0)
+    model.train()
+    build_s = time.perf_counter() - t0
+    rows = length_mix_rows(max(64, bs * (steps + 1)), cfg.video_dim, cfg.audio_dim, seed=7)
+    pick = random.Random(11)
+    chunks = [[rows[i] for i in pick.sample(range(len(rows)), bs)] for _ in range(steps + 1)]
+    opt, sched = make_optimizer(model, OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant"), 10 * steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    modes = {"before": DataConfig(batch_size=bs, packing=False),
+             "after": DataConfig(batch_size=bs, packing=True, pack_length=pack_length)}
+
+    def full_step(data: DataConfig, k: int) -> tuple[float, dict]:
+        """What loop.train does per optimizer step: rows -> batch -> processor -> head -> LLM -> backward ->
+        clip -> AdamW (weight decay groups, LoRA + head) -> zero grads."""
+        t = time.perf_counter()
+        out = micro_step(model, stack_batch(chunks[k]), data, random.Random(k))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t, out
+
+    def bare_step(k: int) -> float:
+        mb = model.processor.from_rows(stack_batch(chunks[k]), "hybrid", random.Random(k), pack=True,
+                                       row_length=pack_length)
+        inputs = bare_inputs(model, mb)
+        t = time.perf_counter()
+        model.llm(**inputs).loss.backward()
+        dt = time.perf_counter() - t
+        model.zero_grad(set_to_none=True)
+        return dt
+
+    times = {m: [] for m in (*modes, "bare")}
+    tokens = {m: 0 for m in modes}
+    positions = {m: 0 for m in modes}
+    for k in range(steps + 1):  # step 0 warms up; the three ways alternate so drift hits them alike
+        for name, data in modes.items():
+            dt, out = full_step(data, k)
+            if k:
+                times[name].append(dt)
+                tokens[name] += out["tokens"]
+                positions[name] += out["positions"]
+        dt = bare_step(k)
+        if k:
+            times["bare"].append(dt)
+        log(f"[overhead {size}] step {k}/{steps}: " + ", ".join(f"{m} {t[-1]:.2f} s" for m, t in times.items() if t))
+    per = {m: sum(t) for m, t in times.items()}
+    return {
+        "size": size, "preset": preset, "llm_params": sum(p.numel() for p in model.llm.parameters()),
+        "batch_size": bs, "steps": steps, "pack_length": pack_length, "threads": torch.get_num_threads(),
+        "build_s": round(build_s, 2),
+        "tokens_per_sample": round(tokens["after"] / (bs * steps), 1),
+        "padding_share_before": round(1 - tokens["before"] / positions["before"], 4),
+        "padding_share_after": round(1 - tokens["after"] / positions["after"], 4),
+        "step_s_before": round(per["before"] / steps, 3), "step_s_after": round(per["after"] / steps, 3),
+        "bare_llm_step_s": round(per["bare"] / steps, 3),
+        "useful_tokens_per_s_before": round(tokens["before"] / per["before"], 1),
+        "useful_tokens_per_s_after": round(tokens["after"] / per["after"], 1),
+        "speedup_after_vs_before": round(per["before"] / per["after"], 3),
+        "overhead_ratio": round(per["bare"] / per["after"], 3),
+    }
+
+
+def print_overhead(r: dict) -> None:
+    print(f"step overhead, {r['size']} ({r['preset']}, {r['llm_params'] / 1e6:.0f}M LLM params, random weights, LoRA), "
+          f"batch {r['batch_size']}, {r['tokens_per_sample']:.0f} tokens per sample, {r['steps']} steps, "
+          f"{r['threads']} threads:")
+    print(f"  padding share: {r['padding_share_before']:.1%} padded -> {r['padding_share_after']:.1%} packed")
+    print(f"  useful tokens/s: {r['useful_tokens_per_s_before']:.1f} -> {r['useful_tokens_per_s_after']:.1f} "
+          f"({r['speedup_after_vs_before']:.2f}x); step {r['step_s_before']:.2f} s -> {r['step_s_after']:.2f} s")
+    print(f"  bare LLM forward+backward on the same rows {r['bare_llm_step_s']:.2f} s vs full step "
+          f"{r['step_s_after']:.2f} s: overhead_ratio {r['overhead_ratio']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=64)
@@ -144,7 +261,26 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=4,
                     help="DataLoader worker processes of the published baseline (its training config uses 4)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                    help="step-overhead model: tiny, or mid (Qwen2.5-0.5B-shaped; skips the published comparison)")
+    ap.add_argument("--overhead-steps", type=int, default=None, help="timed steps of the step-overhead section")
+    ap.add_argument("--overhead-batch-size", type=int, default=None)
+    ap.add_argument("--pack-length", type=int, default=DataConfig().pack_length,
+                    help="tokens per packed row (0: one row per batch); default: the training default")
+    ap.add_argument("--json", action="store_true", help="print every number as one JSON object, the last line")
     args = ap.parse_args()
+    torch.manual_seed(0)
+    result = {"overhead": step_overhead(args.size, args.overhead_steps, args.overhead_batch_size, args.pack_length,
+                                        log=lambda m: print(m, flush=True))}
+    print_overhead(result["overhead"])
+    if args.size == "tiny":
+        result["published"] = published_comparison(args)
+    flat = {**result["overhead"], **result.get("published", {})}
+    if args.json:
+        print(json.dumps(flat))
+
+
+def published_comparison(args) -> dict:
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_train_bench_")
     manifest = write_archive(os.path.join(work, "archive"), SynthConfig(clips=args.clips, seed=3))
     preset = args.preset
@@ -211,6 +347,8 @@ def main() -> None:
     if args.real_scale:
         del model, opt, encoder
         real_scale(args, rows, records, media, work)
+    return {"cached_samples_per_s": round(results["cached"], 2), "published_samples_per_s": round(results["published"], 2),
+            "ratio_cached_vs_published": round(results["cached"] / results["published"], 2)}
 
 
 if __name__ == "__main__":

@@ -134,4 +134,18 @@ def test_packing_is_a_training_setting(tmp_path):
 
     cfg = load_config(TrainConfig, None, ["data.packing=false", "data.pack_length=512"])
     assert cfg.data.packing is False and cfg.data.pack_length == 512
-    assert dataclasses.asdict(DataConfig())["pack_length"] == 0
+    assert dataclasses.asdict(DataConfig())["pack_length"] == 1024
+
+
+def test_the_step_overhead_benchmark_runs_and_reports_its_contract_keys():
+    """`benchmarks/train_throughput.py --json` (tiny, one timed step): the keys scripts read, packing visible."""
+    import runpy
+    from pathlib import Path
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"))
+    r = bench["step_overhead"]("tiny", 1, 8, log=lambda m: None)
+    for key in ("padding_share_before", "padding_share_after", "useful_tokens_per_s_before",
+                "useful_tokens_per_s_after", "overhead_ratio"):
+        assert isinstance(r[key], float) and r[key] >= 0, key
+    assert r["padding_share_before"] > 0.2 and r["padding_share_after"] <= 0.05
+    assert 0 < r["overhead_ratio"] <= 1.5 and r["pack_length"] == DataConfig().pack_length

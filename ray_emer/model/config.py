@@ -105,6 +105,14 @@ QWEN25_7B = dict(
     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
     bos_token_id=151643, eos_token_id=151645,
 )
+# Qwen2.5-0.5B-Instruct (its config.json): the mid-size preset, small enough to train on a laptop CPU and
+# wide enough that the LLM, not the plumbing around it, dominates a step
+QWEN25_05B = dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
+    bos_token_id=151643, eos_token_id=151645,
+)
 CLIP_VIT_L14 = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
     image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
@@ -150,7 +158,15 @@ def _affectgpt_qwen25_7b() -> AffectGPTConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "affectgpt-qwen2.5-7b": _affectgpt_qwen25_7b}
+def _affectgpt_qwen25_05b() -> AffectGPTConfig:
+    return AffectGPTConfig(
+        preset="affectgpt-qwen2.5-0.5b", init="pretrained",
+        encoders=EncoderSettings(vision_config=dict(CLIP_VIT_L14), audio_config=dict(HUBERT_LARGE)),
+        llm_name="Qwen/Qwen2.5-0.5B-Instruct", llm_config=dict(QWEN25_05B),
+    )
+
+
+PRESETS = {"tiny": _tiny, "affectgpt-qwen2.5-0.5b": _affectgpt_qwen25_05b, "affectgpt-qwen2.5-7b": _affectgpt_qwen25_7b}
 
 
 def get_preset(name: str) -> AffectGPTConfig:

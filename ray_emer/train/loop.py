@@ -55,7 +55,10 @@ class DataConfig:
     # Sequence packing: a micro-batch's samples share rows (positions restart per sample, attention stays
     # inside each sample, the loss per sample is unchanged), so the LLM computes almost no padding
     packing: bool = True
-    pack_length: int = 0  # tokens per packed row (at least the longest sample); 0: the whole micro-batch in one row
+    # tokens per packed row (at least the longest sample; rows come out about equally long); 0: the whole
+    # micro-batch in one row (no padding at all, but attention over one long row: dearer where it is not
+    # varlen, e.g. on CPU)
+    pack_length: int = 1024
 
 
 @dataclasses.dataclass

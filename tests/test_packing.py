@@ -149,3 +149,69 @@ def test_the_step_overhead_benchmark_runs_and_reports_its_contract_keys():
         assert isinstance(r[key], float) and r[key] >= 0, key
     assert r["padding_share_before"] > 0.2 and r["padding_share_after"] <= 0.05
     assert 0 < r["overhead_ratio"] <= 1.5 and r["pack_length"] == DataConfig().pack_length
+
+
+def _uneven_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One FSDP2 rank over gloo with its own amount of data (rank 0: 3 batches, rank 1: 1)."""
+    import datetime
+    import json
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=40))
+    from ray_emer.train.fsdp import shard_model
+
+    torch.set_num_threads(1)
+    model = shard_model(AffectGPT.build(get_preset("tiny"), seed=0))
+    mine = length_mix_rows(16, 48, 32, seed=3)[: 12 if rank == 0 else 4]
+    cfg = TrainConfig(data=DataConfig(batch_size=4), epochs=1, log_every=0)
+    seen: list[dict] = []
+    state = train(model, lambda e: batches(mine, 4, random.Random(rank), shuffle=False), cfg, 3,
+                  on_step=lambda st: seen.append({"step": st.step, "n": len(st.epoch_seen)}))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        json.dump({"steps": state.step, "epoch": state.epoch, "seen": state.last_epoch["seen"], "log": seen}, fh)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # gloo's threads can abort the interpreter's own teardown (SIGABRT after a clean run)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_ranks_with_uneven_rows_join_instead_of_hanging(tmp_path):
+    """A resumed epoch's remaining rows need not be spread evenly over the ranks: the rank that runs out idles
+    (zero-weight steps) until every rank is out, so FSDP's collectives stay matched and no row is lost."""
+    import json
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_uneven_rank, args=(r, 2, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["steps"] == r1["steps"] == 3 and r0["epoch"] == r1["epoch"] == 1
+    assert len(r0["seen"]) == 12 and len(r1["seen"]) == 4  # the idle steps counted no row
+    assert [e["n"] for e in r1["log"]] == [4, 4, 4]
+
+
+def test_an_idle_micro_step_moves_nothing(model, rows):
+    from ray_emer.train.loop import micro_step
+
+    batch = stack_batch(rows[:4])
+    for weight in (0.0, 1.0):
+        model.zero_grad(set_to_none=True)
+        out = micro_step(model, batch, DataConfig(batch_size=4), random.Random(0), weight=weight)
+        norms = [float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None]
+        assert out["loss"] > 0 and norms
+        assert (sum(norms) == 0) == (weight == 0.0)
+    model.zero_grad(set_to_none=True)

@@ -298,6 +298,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     model.train()
     t_log, samples_log, tokens_log, positions_log = time.perf_counter(), 0, 0, 0
     by_steps = cfg.max_steps > 0  # else by epochs: a resumed epoch ends when its remaining rows do
+    idle: dict | None = None  # a batch an out-of-data rank runs at zero weight (its first, kept across epochs)
 
     def finished() -> bool:
         return state.step >= total_steps if by_steps else state.epoch >= cfg.epochs
@@ -305,7 +306,6 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     while not finished():
         micro, running, raw, pending = 0, 0.0, 0, []
         seen = set(state.epoch_restored) | set(state.epoch_seen)
-        idle: dict | None = None  # a batch an out-of-data rank runs at zero weight
 
         def counted(epoch: int) -> Iterator[dict]:
             nonlocal raw, idle
@@ -318,10 +318,9 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
         if seen:
             source = rebatch(source, lambda cid: cid not in seen, cfg.data.batch_size)
         for batch in _joined(source):
-            if batch is None and idle is None:
-                idle = next(iter(epoch_batches(state.epoch)), None)
-                if idle is None:
-                    raise TrainDataError(f"epoch {state.epoch}: this rank has no rows at all")
+            if batch is None and idle is None:  # (re-reading the data here could deadlock a streaming split)
+                raise TrainDataError(f"epoch {state.epoch}: this rank got no rows while others did (fewer rows "
+                                     f"than workers?); {state.step} of {total_steps} steps done")
             out = micro_step(model, batch if batch is not None else idle, cfg.data, rng, accum,
                              weight=1.0 if batch is not None else 0.0)
             if batch is not None:

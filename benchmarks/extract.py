@@ -9,11 +9,17 @@ machine's decode-only ceiling (the same sampled frames and audio windows, one de
 process per core) and the pipeline's share of it, and the resident memory of the
 driver + Ray workers at the first finished batch, the middle and the end, and where the
 CPU went during the Ray run (decode tasks, encoder actors, driver, Ray's own services).
+Time to the first written shard: of the main run (the session's first Ray Data job, from
+``run_extract``'s start; ``ray.init`` is printed apart), and of a second, 64-clip run in
+the same session (a chain's later job: Ray is up, Ray Data's own actors exist, the encoder
+actor still starts from nothing). ``--json``: the last stdout line is one JSON object
+(``time_to_first_shard_s`` is the second run's, ``ratio_vs_sequential``, ``clips``, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -94,6 +100,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     ap.add_argument("--encode-batch-size", type=int, default=32)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", action="store_true", help="print every number as one JSON object, the last line")
     args = ap.parse_args()
 
     import ray
@@ -125,7 +132,9 @@ def main() -> None:
     print(f"(c) decode-only ceiling ({args.cpus} processes, frames at {media.frame_size}px): {ceiling:.1f} clips/s "
           f"= {args.cpus / ceiling * 1000:.1f} CPU-ms per clip")
 
+    t_init = time.perf_counter()
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.perf_counter() - t_init
     pipe_cfg = ExtractConfig(output=os.path.join(work, "ray"), **base)
     shutil.rmtree(pipe_cfg.output, ignore_errors=True)
     rss, stop, seen = [], threading.Event(), {}
@@ -156,7 +165,8 @@ def main() -> None:
     end_to_end = summary["processed"] / wall
     print(f"(b) Ray Data job: {summary['processed']} clips ({summary['ok']} ok, {summary['error']} error), "
           f"{end_to_end:.1f} clips/s end to end (incl. {t_first - t0:.1f} s to the first batch)")
-    print(f"ratio vs sequential: {end_to_end / seq['clips_per_s']:.2f}x")
+    ratio = end_to_end / seq["clips_per_s"]
+    print(f"ratio vs sequential: {ratio:.2f}x")
     print(f"share of the decode ceiling: {end_to_end / ceiling:.0%}")
     first = next((m for t, m in rss if t >= t_first), rss[0][1])
     mid = next((m for t, m in rss if t >= (t_first + t_last) / 2), rss[-1][1])
@@ -167,7 +177,33 @@ def main() -> None:
     print(f"CPU budget of the Ray run ({sum(roles.values()):.1f} CPU-s for {args.cpus} cores x {wall:.1f} s), "
           "per clip: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in roles.items())
           + " (worker start-up and imports included)")
+    warm_cfg = ExtractConfig(output=os.path.join(work, "ray_warm"), **dict(base, input=_subset(source, work, 64)))
+    shutil.rmtree(warm_cfg.output, ignore_errors=True)
+    warm = run_extract(warm_cfg, log=lambda m: None)
+    print(f"time to the first written shard: {summary['first_shard_s']:.1f} s in the session's first Ray Data job "
+          f"(after ray.init {ray_init_s:.1f} s), {warm['first_shard_s']:.1f} s in a later job of the same session "
+          f"({warm['processed']} clips)")
     ray.shutdown()
+    if args.json:
+        print(json.dumps({"clips": summary["processed"], "ok": summary["ok"], "error": summary["error"],
+                          "time_to_first_shard_s": warm["first_shard_s"],
+                          "time_to_first_shard_first_job_s": summary["first_shard_s"], "ray_init_s": round(ray_init_s, 2),
+                          "ratio_vs_sequential": round(ratio, 3), "clips_per_s": round(end_to_end, 2),
+                          "sequential_clips_per_s": round(seq["clips_per_s"], 2),
+                          "decode_ceiling_clips_per_s": round(ceiling, 2), "wall_s": round(wall, 2),
+                          "peak_rss_mb": round(max(m for _, m in rss))}))
+
+
+def _subset(source: str, work: str, n: int) -> str:
+    """The first ``n`` clips of a manifest (or folder) as a manifest of their own."""
+    from ray_emer.data.manifest import read_manifest
+
+    table = read_manifest(source).slice(0, n)
+    path = os.path.join(work, f"subset-{n}.parquet")
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+    return path
 
 
 if __name__ == "__main__":

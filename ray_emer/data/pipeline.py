@@ -81,6 +81,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
         from ray_emer.asr import check_config
 
         check_config(cfg.asr)  # a bad backend/model/language fails here, not as one error row per clip
+    t_start = time.perf_counter()
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg)
@@ -91,7 +92,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     todo, total, skipped = pending_records(cfg)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {len(todo)} to do")
     counts, errors = {"ok": 0, "error": 0}, []
-    t0 = time.perf_counter()
+    t0, first_shard = time.perf_counter(), None
     if todo:
         gpu = use_gpu(cfg.use_gpu)
         n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
@@ -107,6 +108,8 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
                             num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_shard is None:  # an encoder actor returns a batch once its shard is written
+                first_shard = time.perf_counter() - t_start
             for status, error, clip in zip(batch["status"], batch["error"], batch["clip_id"], strict=True):
                 counts[status] += 1
                 if status != "ok":
@@ -117,6 +120,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     wall = time.perf_counter() - t0
     summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": len(todo),
                "skipped": skipped, **counts, "wall_s": round(wall, 3),
+               "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
                "clips_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else 0.0,
                "errors": errors[:50]}
     storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))

@@ -118,6 +118,8 @@ def test_interrupted_run_resumes_with_exactly_one_row_per_clip(ray_local, mixed_
     assert len(ids) == len(set(ids)) == table.num_rows == 23
     third = run_extract(_cfg(mixed_manifest, out), log=lambda m: None)
     assert third["processed"] == 0 and third["skipped"] == 23
+    # time to the first written shard: within the run, after the start; none when nothing was to do
+    assert 0 < first["first_shard_s"] <= first["wall_s"] + 5 and third["first_shard_s"] is None
 
 
 def test_s3_in_and_out(ray_local, s3_bucket):

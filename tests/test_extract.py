@@ -85,7 +85,8 @@ def test_features_follow_the_documented_schema_with_plain_pyarrow(extracted):
 
 
 def test_pipeline_features_equal_the_sequential_loop(extracted, synth_archive, tmp_path):
-    out, _, _ = extracted
+    out, summary, _ = extracted
+    assert summary["scripted_encoders"]  # the CPU actors ran the traced towers; the loop below builds transformers
     seq = extract_sequential(_cfg(synth_archive / "manifest.csv", tmp_path / "seq"), limit=3)
     assert seq["processed"] == 3
     a, b = read_features(str(tmp_path / "seq")), read_features(str(out))
@@ -193,3 +194,44 @@ def test_face_crop_option_records_faces(synth_archive):
     whole, none = face_frames(scenes, 32, detector=lambda f: None)
     assert found == 8 and none == 0
     assert np.abs(crops.astype(np.int16) - whole.astype(np.int16)).mean() > 10
+
+
+def test_traced_encoders_compute_exactly_what_the_transformers_towers_compute(synth_archive):
+    from ray_emer.data.features import FeatureEncoder, decode_row, effective_media, scripted_encoders, stack_rows
+    from ray_emer.data.manifest import read_manifest
+
+    cfg = _cfg(synth_archive / "manifest.csv", "unused")
+    media = effective_media(cfg)
+    decoded = stack_rows([decode_row(r, media) for r in read_manifest(cfg.input).to_pylist()[:5]])
+    traced_dir = scripted_encoders("tiny", media)
+    assert scripted_encoders("tiny", media) == traced_dir  # cached: traced once per machine and config
+    assert traced_dir.startswith(os.environ["RAY_EMER_HOME"])
+    eager, traced = FeatureEncoder("tiny", media), FeatureEncoder("tiny", media, scripted=traced_dir)
+    assert not eager.encoders.scripted and traced.encoders.scripted
+    frames, audio = decoded["frames"], decoded["audio"]
+    for (ve, ae), (vt, at) in [(eager._encode(frames, audio), traced._encode(frames, audio)),
+                               (eager._encode(frames[:2], audio[:2]), traced._encode(frames[:2], audio[:2]))]:
+        np.testing.assert_array_equal(ve, vt)
+        np.testing.assert_array_equal(ae, at)
+    assert np.abs(ve).sum() > 0 and np.abs(ae).sum() > 0
+    # another node (no cache there) or a GPU: the towers are built as before
+    assert not FeatureEncoder("tiny", media, scripted="/nonexistent").encoders.scripted
+
+
+def test_an_actor_with_traced_encoders_never_imports_transformers(synth_archive):
+    """What makes the encoder actors start fast: loading the traces needs torch alone (no transformers model
+    modules, no torch._dynamo), checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from ray_emer.data.features import effective_media, scripted_encoders
+
+    traced_dir = scripted_encoders("tiny", effective_media(_cfg(synth_archive / "manifest.csv", "unused")))
+    code = ("import sys\n"
+            "from ray_emer.data.features import FeatureEncoder\n"
+            "from ray_emer.media import MediaConfig\n"
+            f"enc = FeatureEncoder('tiny', MediaConfig(frame_size=32), scripted={traced_dir!r})\n"
+            "print(enc.encoders.scripted, 'transformers' in sys.modules, 'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False", "False"], out.stdout

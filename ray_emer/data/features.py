@@ -134,17 +134,24 @@ class FeatureEncoder:
     """Frozen encoders of a model config, turning decoded batches into feature tables."""
 
     def __init__(self, preset: str, media: MediaConfig, device: str | None = None,
-                 asr: AsrConfig | None = None) -> None:
+                 asr: AsrConfig | None = None, scripted: str | None = None) -> None:
+        """``scripted``: a directory of traced towers (``scripted_encoders``) to load instead of building the
+        transformers towers, on CPU only; ignored when it does not exist here (another node) or on a GPU."""
+        import os
+
         import torch
 
         from ray_emer.model.config import resolve_model_config
-        from ray_emer.model.encoders import Encoders
+        from ray_emer.model.encoders import SCRIPTED_FILES, Encoders
 
         self.cfg = resolve_model_config(preset, [])
         self.name = self.cfg.preset if self.cfg.preset != "custom" else preset
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.encoders = Encoders.build(self.cfg, self.device, dtype)
+        if scripted and self.device == "cpu" and all(os.path.exists(os.path.join(scripted, f)) for f in SCRIPTED_FILES):
+            self.encoders = Encoders.load_scripted(scripted, self.cfg)
+        else:
+            self.encoders = Encoders.build(self.cfg, self.device, dtype)
         self.media = media
         self.video_shape = (media.num_frames, self.cfg.video_dim)
         self.audio_shape = (media.num_audio_windows, self.cfg.audio_dim)
@@ -231,6 +238,53 @@ class FeatureEncoder:
             subtitle_source=pa.array([str(x) for x in batch["subtitle_source"]], pa.string()),
         )
         return conform(pa.table(cols), self.schema, FEATURE_REQUIRED)
+
+
+def scripted_encoders(preset: str, media: MediaConfig) -> str:
+    """The encoders of ``preset`` traced to TorchScript once per machine, under ``$RAY_EMER_HOME/cache/encoders/``
+    (keyed by the encoder settings, the input sizes and the torch/transformers versions); -> the directory.
+
+    Extraction actors load these with torch alone: building the transformers towers first imports transformers'
+    model modules (torch._dynamo among them), seconds of start-up per actor. The traces compute the same thing.
+    """
+    import hashlib
+    import importlib.metadata
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+
+    from ray_emer.config import to_dict
+    from ray_emer.model.config import encoder_image_size, resolve_model_config
+    from ray_emer.model.encoders import SCRIPTED_FILES, Encoders
+    from ray_emer.tracking import home
+
+    cfg = resolve_model_config(preset, [])
+    window = int(round(media.audio_window_s * SAMPLE_RATE))
+    enc = to_dict(cfg.encoders)
+    sources = [enc["vision_name"], enc["audio_name"]] if cfg.init == "pretrained" else []
+    key = json.dumps({"encoders": enc, "init": cfg.init, "image_size": encoder_image_size(cfg), "window": window,
+                      "local": {p: os.path.getmtime(p) for p in sources if p and os.path.exists(p)},
+                      "torch": torch.__version__, "transformers": importlib.metadata.version("transformers")},
+                     sort_keys=True)
+    out = os.path.join(home(), "cache", "encoders", hashlib.sha256(key.encode()).hexdigest()[:20])
+    if all(os.path.exists(os.path.join(out, f)) for f in SCRIPTED_FILES):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(out))
+    try:
+        Encoders.build(cfg, "cpu", torch.float32).export_scripted(tmp, window)
+        with open(os.path.join(tmp, "key.json"), "w") as fh:
+            fh.write(key)
+        try:
+            os.rename(tmp, out)  # atomic: a concurrent run that got there first wins, with the same content
+        except OSError:
+            if not all(os.path.exists(os.path.join(out, f)) for f in SCRIPTED_FILES):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def write_shard(table: pa.Table, output: str) -> str:

@@ -23,6 +23,7 @@ from ray_emer.data.features import (
     decode_row,
     effective_media,
     pending_records,
+    scripted_encoders,
     stack_rows,
     write_shard,
 )
@@ -37,14 +38,17 @@ def _decode(batch: dict[str, np.ndarray], media, asr) -> dict[str, np.ndarray]:
 class _EncodeAndWrite:
     """Actor: frozen encoders loaded once; each batch -> one shard; returns a small summary."""
 
-    def __init__(self, preset: str, media, output: str, asr) -> None:
-        self.encoder = FeatureEncoder(preset, media, asr=asr)  # with asr.backend whisper: Whisper on its device
+    def __init__(self, preset: str, media, output: str, asr, scripted: str | None = None) -> None:
+        # with asr.backend whisper: Whisper on its device; ``scripted``: traced towers (CPU), no transformers import
+        self.encoder = FeatureEncoder(preset, media, asr=asr, scripted=scripted)
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         table = self.encoder.encode_batch(batch)
         write_shard(table, self.output)
-        return {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
+        out = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
+        out["scripted"] = np.full(table.num_rows, self.encoder.encoders.scripted)
+        return out
 
 
 def ensure_ray() -> None:
@@ -93,8 +97,15 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {len(todo)} to do")
     counts, errors = {"ok": 0, "error": 0}, []
     t0, first_shard = time.perf_counter(), None
+    scripted_used: set[bool] = set()
     if todo:
         gpu = use_gpu(cfg.use_gpu)
+        scripted = None
+        if not gpu:  # CPU actors load the encoders traced once per machine (no transformers import: faster start)
+            try:
+                scripted = scripted_encoders(cfg.preset, media)
+            except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the actors build it as before
+                log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); actors build them")
         n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
         ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
         ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=cfg.decode_batch_size,
@@ -103,13 +114,14 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
                             # that differ from the actor's also keep Ray from fusing decode into the encoder
                             # actor, where it would run serially next to the encoder
                             memory=cfg.decode_memory_mb * 2**20)
-        ds = ds.map_batches(_EncodeAndWrite, fn_constructor_args=(cfg.preset, media, cfg.output, cfg.asr),
+        ds = ds.map_batches(_EncodeAndWrite, fn_constructor_args=(cfg.preset, media, cfg.output, cfg.asr, scripted),
                             batch_size=cfg.encode_batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
                             num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if first_shard is None:  # an encoder actor returns a batch once its shard is written
                 first_shard = time.perf_counter() - t_start
+            scripted_used.update(bool(x) for x in batch["scripted"])
             for status, error, clip in zip(batch["status"], batch["error"], batch["clip_id"], strict=True):
                 counts[status] += 1
                 if status != "ok":
@@ -121,6 +133,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": len(todo),
                "skipped": skipped, **counts, "wall_s": round(wall, 3),
                "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
+               "scripted_encoders": scripted_used == {True},
                "clips_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else 0.0,
                "errors": errors[:50]}
     storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))

@@ -30,10 +30,41 @@ def _as_tensor(x, dtype: torch.dtype, device) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-class Encoders(nn.Module):
-    def __init__(self, vision: nn.Module, audio: nn.Module, cfg: AffectGPTConfig) -> None:
+class VisionTower(nn.Module):
+    """CLIP pixels ``[N, 3, S, S]`` (normalised) -> projected image embeddings ``[N, Dv]``."""
+
+    def __init__(self, clip: nn.Module) -> None:
         super().__init__()
-        self.vision, self.audio, self.cfg = vision, audio, cfg
+        self.clip = clip
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.clip(pixel_values=pixel_values).image_embeds
+
+
+class AudioTower(nn.Module):
+    """HuBERT windows ``[N, samples]`` -> the time mean of the average of the last ``layers`` hidden layers ``[N, Da]``."""
+
+    def __init__(self, hubert: nn.Module, layers: int) -> None:
+        super().__init__()
+        self.hubert, self.layers = hubert, int(layers)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        out = self.hubert(input_values=input_values, output_hidden_states=True)
+        return torch.stack(out.hidden_states[-self.layers:], 0).mean(0).mean(1)
+
+
+SCRIPTED_FILES = ("vision.pt", "audio.pt")
+
+
+class Encoders(nn.Module):
+    """``vision``/``audio``: the transformers towers; or, loaded with ``load_scripted``, their TorchScript
+    traces (the same computation, no transformers import: an extraction actor starts in about a second)."""
+
+    def __init__(self, vision: nn.Module, audio: nn.Module, cfg: AffectGPTConfig, scripted: bool = False) -> None:
+        super().__init__()
+        self.vision, self.audio, self.cfg, self.scripted = vision, audio, cfg, scripted
+        towers = (vision, audio) if scripted else (VisionTower(vision), AudioTower(audio, cfg.encoders.audio_layers))
+        object.__setattr__(self, "_towers", towers)  # not registered: the parameters keep their vision./audio. names
         self.requires_grad_(False)
         self.eval()
 
@@ -57,9 +88,38 @@ class Encoders(nn.Module):
                 audio = HubertModel(HubertConfig(**enc.audio_config))
         return cls(vision, audio, cfg).to(device=device, dtype=dtype)
 
+    def export_scripted(self, directory: str, window_samples: int) -> str:
+        """Trace both towers (fp32 on CPU) into ``directory`` (``vision.pt``, ``audio.pt``); ``load_scripted``
+        brings them back with torch alone."""
+        import os
+
+        if self.scripted:
+            raise ValueError("these encoders are already scripted")
+        os.makedirs(directory, exist_ok=True)
+        s = self.image_size
+        examples = (torch.zeros(2, 3, s, s, dtype=self._param.dtype, device=self._param.device),
+                    torch.zeros(2, int(window_samples), dtype=self._param.dtype, device=self._param.device))
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen: the inputs' sizes are fixed
+            for name, tower, example in zip(SCRIPTED_FILES, self._towers, examples, strict=True):
+                torch.jit.save(torch.jit.trace(tower, example, check_trace=False), os.path.join(directory, name))
+        return directory
+
+    @classmethod
+    def load_scripted(cls, directory: str, cfg: AffectGPTConfig) -> Encoders:
+        """The towers ``export_scripted`` wrote, on CPU in fp32 (no transformers import)."""
+        import os
+
+        vision, audio = (torch.jit.load(os.path.join(directory, f), map_location="cpu") for f in SCRIPTED_FILES)
+        return cls(vision, audio, cfg, scripted=True)
+
     @property
     def image_size(self) -> int:
-        return int(self.vision.config.image_size)
+        from ray_emer.model.config import encoder_image_size
+
+        return encoder_image_size(self.cfg)
 
     @property
     def _param(self) -> torch.Tensor:
@@ -78,7 +138,7 @@ class Encoders(nn.Module):
         mean = torch.tensor(CLIP_MEAN, device=p.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=p.device).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(p.dtype)
-        emb = self.vision(pixel_values=x).image_embeds  # [B*T, Dv]
+        emb = self._towers[0](x)  # [B*T, Dv]
         return emb.float().reshape(b, t, -1)
 
     @torch.no_grad()
@@ -90,10 +150,7 @@ class Encoders(nn.Module):
         x = x.reshape(b * w, -1)
         if self.cfg.encoders.normalize_audio:  # (x - mean) / sqrt(var + 1e-7) per window, as HuBERT's
             x = F.layer_norm(x, (x.shape[-1],), eps=1e-7)  # feature extractor; 7x faster than var_mean on CPU
-        out = self.audio(input_values=x.to(p.dtype), output_hidden_states=True)
-        k = self.cfg.encoders.audio_layers
-        layers = torch.stack(out.hidden_states[-k:], 0).mean(0)  # [B*W, frames, Da]
-        return layers.mean(1).float().reshape(b, w, -1)
+        return self._towers[1](x.to(p.dtype)).float().reshape(b, w, -1)
 
     def encode(self, frames, windows) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_video(frames), self.encode_audio(windows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -87,6 +88,7 @@ def test_features_follow_the_documented_schema_with_plain_pyarrow(extracted):
 def test_pipeline_features_equal_the_sequential_loop(extracted, synth_archive, tmp_path):
     out, summary, _ = extracted
     assert summary["scripted_encoders"]  # the CPU actors ran the traced towers; the loop below builds transformers
+    assert summary["layout"] == "fused"  # CPU only: actors decode, encode and write their own batches
     seq = extract_sequential(_cfg(synth_archive / "manifest.csv", tmp_path / "seq"), limit=3)
     assert seq["processed"] == 3
     a, b = read_features(str(tmp_path / "seq")), read_features(str(out))
@@ -103,8 +105,12 @@ def test_interrupted_run_resumes_with_exactly_one_row_per_clip(ray_local, mixed_
     from ray_emer.data.pipeline import run_extract
 
     out = tmp_path / "resume"
-    first = run_extract(_cfg(mixed_manifest, out), log=lambda m: None)
+    progress: list[float] = []
+    t_call = time.time()
+    first = run_extract(_cfg(mixed_manifest, out),
+                        log=lambda m: progress.append(time.time()) if "clips (ok" in m else None)
     shards = sorted(out.glob("part-*.parquet"))
+    earliest_shard = min(p.stat().st_mtime for p in shards)
     assert len(shards) >= 3 and first["processed"] == 23
     # simulate a run killed part-way: half of the shards never landed, plus a half-written temp file
     lost = shards[: len(shards) // 2]
@@ -119,8 +125,11 @@ def test_interrupted_run_resumes_with_exactly_one_row_per_clip(ray_local, mixed_
     assert len(ids) == len(set(ids)) == table.num_rows == 23
     third = run_extract(_cfg(mixed_manifest, out), log=lambda m: None)
     assert third["processed"] == 0 and third["skipped"] == 23
-    # time to the first written shard: within the run, after the start; none when nothing was to do
-    assert 0 < first["first_shard_s"] <= first["wall_s"] + 5 and third["first_shard_s"] is None
+    # time to the first written shard, from the call: a shard file existed by then, and it was taken before the
+    # first batch was reported (one report per task, a task writes one shard or more); none when nothing was to do
+    assert 1 <= len(progress) <= len(shards) and third["first_shard_s"] is None
+    assert earliest_shard - 0.05 <= t_call + first["first_shard_s"] <= progress[0] + 0.05, \
+        (earliest_shard - t_call, first["first_shard_s"], progress[0] - t_call)
 
 
 def test_s3_in_and_out(ray_local, s3_bucket):
@@ -235,3 +244,167 @@ def test_an_actor_with_traced_encoders_never_imports_transformers(synth_archive)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "False", "False"], out.stdout
+
+
+def test_split_layout_writes_the_same_rows_as_the_fused_one(extracted, mixed_manifest, tmp_path):
+    """``fused_cpu: false`` (the GPU layout, decode tasks -> encoder actors) on the same clips: the same rows,
+    statuses, errors and features as the fused CPU tasks."""
+    from ray_emer.data.pipeline import run_extract
+
+    fused_out, fused, _ = extracted
+    split = run_extract(_cfg(mixed_manifest, tmp_path / "split", fused_cpu=False), log=lambda m: None)
+    assert split["layout"] == "split" and split["scripted_encoders"] and split["encoder_loads"] == 1  # one actor
+    assert {k: split[k] for k in ("processed", "ok", "error")} == {k: fused[k] for k in ("processed", "ok", "error")}
+    a, b = read_features(str(fused_out)), read_features(str(tmp_path / "split"))
+    a, b = (t.sort_by("clip_id") for t in (a, b))
+    for col in ("clip_id", "status", "error", "has_video", "has_audio", "subtitle_source"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+    for col in ("video_feats", "audio_feats"):
+        np.testing.assert_allclose(feature_arrays(a, col).astype(np.float32), feature_arrays(b, col).astype(np.float32),
+                                   atol=1e-3, rtol=1e-3)
+
+
+def test_fused_workers_keep_their_encoders_for_the_next_job(extracted, mixed_manifest, tmp_path):
+    """Fused tasks run in Ray's pooled workers, which keep their loaded encoders: the session's next job loads
+    them in fewer workers than it has tasks (each task would load them if nothing were kept), and with
+    ``warm_keep_s: 0`` every task loads them again."""
+    import ray
+
+    from ray_emer.data.pipeline import _batches, _fused_tasks, run_extract
+
+    _, fused, _ = extracted
+    cfg = _cfg(mixed_manifest, tmp_path / "warm")
+    tasks = len(_batches(23, cfg.encode_batch_size, _fused_tasks(cfg)))
+    assert tasks > _fused_tasks(cfg) == int(ray.cluster_resources()["CPU"])  # more tasks than workers run at once
+    assert 1 <= fused["encoder_loads"] <= _fused_tasks(cfg) < tasks  # the first job: one load per worker at most
+    warm = run_extract(cfg, log=lambda m: None)
+    assert warm["encoder_loads"] < tasks and warm["ok"] == fused["ok"]
+    # other media settings (no worker holds encoders for them), nothing kept: each task loads its own
+    cold_cfg = _cfg(mixed_manifest, tmp_path / "cold", warm_keep_s=0)
+    cold_cfg.media.num_frames = 4
+    cold = run_extract(cold_cfg, log=lambda m: None)
+    assert cold["encoder_loads"] == tasks and cold["processed"] == 23
+
+
+def test_a_worker_keeps_its_encoders_for_keep_s_then_drops_them(synth_archive):
+    """The per-process encoder cache of the fused tasks, in this process: the same settings reuse one encoder,
+    other settings replace it, a release comes ``keep_s`` after the last use (0: at once), and a use in between
+    cancels a pending release."""
+    from ray_emer.asr import AsrConfig
+    from ray_emer.data import pipeline
+    from ray_emer.data.features import effective_media, scripted_encoders
+
+    media = effective_media(_cfg(synth_archive / "manifest.csv", "unused"))
+    traced = scripted_encoders("tiny", media)
+    enc, loaded = pipeline._worker_encoder("tiny", media, AsrConfig(), traced)
+    assert loaded and enc.encoders.scripted
+    assert pipeline._worker_encoder("tiny", media, AsrConfig(), traced) == (enc, False)
+    pipeline._release_after(0.3)
+    time.sleep(0.1)
+    assert pipeline._worker_encoder("tiny", media, AsrConfig(), traced) == (enc, False)  # cancels that release
+    time.sleep(0.5)
+    assert pipeline._WARM["encoder"] is enc  # the cancelled release did not fire
+    pipeline._release_after(0.2)
+    time.sleep(0.5)
+    assert pipeline._WARM["encoder"] is None and pipeline._WARM["key"] is None
+    other, loaded = pipeline._worker_encoder("tiny", media, AsrConfig(), None)  # other settings: built anew
+    assert loaded and other is not enc and not other.encoders.scripted
+    again, loaded = pipeline._worker_encoder("tiny", media, AsrConfig(), traced)
+    assert loaded and again is not other
+    pipeline._release_after(0)
+    assert pipeline._WARM["encoder"] is None
+
+
+def test_the_fused_task_starts_on_torch_alone(ray_local, synth_archive, tmp_path):
+    """What makes extraction start fast on CPU: the pipeline's own fused task, run by Ray in a fresh worker
+    process, writes its shard with the traced towers without importing transformers or torch._dynamo."""
+    import ray
+
+    from ray_emer.asr import AsrConfig
+    from ray_emer.data.features import effective_media, pending_records, scripted_encoders
+
+    cfg = _cfg(synth_archive / "manifest.csv", tmp_path / "f")
+    media = effective_media(cfg)
+    records = np.array([json.dumps(r, default=str) for r in pending_records(cfg)[0][:2]], dtype=object)
+
+    def probe(batch, *args):
+        import sys
+
+        from ray_emer.data.pipeline import _decode_encode_write
+
+        out = _decode_encode_write(batch, *args)
+        heavy = sorted(m for m in sys.modules
+                       if m == "transformers" or m.startswith(("transformers.", "torch._dynamo")))
+        return list(out["status"]), bool(out["scripted"][0]), heavy
+
+    # a runtime env of its own: Ray starts a new worker process for it (no pooled worker that ran other tests)
+    task = ray.remote(num_cpus=0, runtime_env={"env_vars": {"RAY_EMER_TEST_FRESH_WORKER": "1"}})(probe)
+    got = ray.get(task.remote({"record": records}, "tiny", media, str(tmp_path / "f"), AsrConfig(),
+                              scripted_encoders("tiny", media), 0.0, 1), timeout=120)
+    assert got == (["ok", "ok"], True, [])
+    assert len(list((tmp_path / "f").glob("part-*.parquet"))) == 2  # one shard per shard_rows (1) rows
+
+
+def test_a_cached_trace_costs_the_driver_no_torch_import(synth_archive):
+    """The driver finds the traced towers with the package versions alone (no torch import before the job)."""
+    import subprocess
+    import sys
+
+    from ray_emer.data.features import effective_media, scripted_encoders
+
+    traced_dir = scripted_encoders("tiny", effective_media(_cfg(synth_archive / "manifest.csv", "unused")))
+    code = ("import sys\n"
+            "from ray_emer.data.features import scripted_encoders\n"
+            "from ray_emer.media import MediaConfig\n"
+            "print(scripted_encoders('tiny', MediaConfig(frame_size=32)), 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [traced_dir, "False"], out.stdout
+
+
+def test_fused_blocks_cover_every_row_once_start_small_and_shrink_to_one_shard():
+    """The fused tasks' blocks: every row once, in order; the first one per worker a quarter of a shard (each
+    worker writes its first shard soon after it starts); then whole shards, at most 8 a block, never growing,
+    down to one shard at the end (workers finish together); far fewer tasks than shards."""
+    from ray_emer.data.pipeline import _batches
+
+    for n, size, workers in [(23, 4, 4), (1000, 32, 2), (5, 16, 2), (1, 16, 2), (0, 16, 2), (70, 8, 3),
+                             (10000, 16, 16)]:
+        bounds = _batches(n, size, workers)
+        assert [r for a, b in bounds for r in range(a, b)] == list(range(n))
+        sizes = [b - a for a, b in bounds]
+        head = max(1, size // 4)
+        assert sizes[:workers] == [min(head, n - head * i) for i in range(min(workers, len(sizes)))]
+        rest = sizes[workers:]
+        assert all(s % size == 0 and s <= 8 * size for s in rest[:-1]) and all(0 < s <= 8 * size for s in rest)
+        assert all(a >= b for a, b in zip(rest[:-1], rest[1:], strict=False))
+        if n - head * workers > 4 * size * workers:
+            assert rest[-1] <= size  # the last block: one shard or less
+    sizes = [b - a for a, b in _batches(1000, 32, 2)]
+    assert sizes[:3] == [8, 8, 256] and len(sizes) <= 12 < 1000 / 32
+
+
+def test_a_batch_written_again_replaces_its_own_shard(tmp_path):
+    """Shard names follow the clip ids: a retried batch (its worker died after writing) leaves one copy of its
+    rows, and a different batch gets a shard of its own."""
+    import pyarrow as pa
+
+    from ray_emer.data.features import write_shard
+
+    t = pa.table({"clip_id": ["a", "b"], "status": ["ok", "ok"]})
+    first = write_shard(t, str(tmp_path))
+    assert write_shard(t, str(tmp_path)) == first
+    other = write_shard(pa.table({"clip_id": ["a", "c"], "status": ["ok", "ok"]}), str(tmp_path))
+    assert other != first and len(list(tmp_path.glob("part-*.parquet"))) == 2
+    assert pads.dataset(str(tmp_path), format="parquet").count_rows() == 4
+
+
+def test_a_fused_task_reserves_memory_for_its_towers(tmp_path):
+    """Ray runs no more fused tasks on a node than their encoders fit: the reservation grows with the traced
+    towers' size (a large preset's towers are GBs), unless encoder_memory_mb sets it."""
+    from ray_emer.data.pipeline import _encoder_memory
+
+    (tmp_path / "vision.pt").write_bytes(b"\0" * 3 * 2**20)
+    (tmp_path / "audio.pt").write_bytes(b"\0" * 2**20)
+    assert _encoder_memory(ExtractConfig(), str(tmp_path)) - _encoder_memory(ExtractConfig(), None) == 4 * 2**20
+    assert _encoder_memory(ExtractConfig(encoder_memory_mb=100), str(tmp_path)) == 100 * 2**20

@@ -38,14 +38,21 @@ class ExtractConfig:
     output: str = ""  # directory / prefix receiving part-*.parquet
     preset: str = "tiny"  # model preset (or checkpoint dir) whose frozen encoders run
     media: MediaConfig = dataclasses.field(default_factory=lambda: MediaConfig(frame_size=0))
-    decode_batch_size: int = 16  # clips per decode task (fewer, larger tasks: less scheduling per clip)
-    encode_batch_size: int = 16  # clips per encoder call = rows per Parquet shard
-    decode_cpus: float = 0.5  # CPUs per decode task
-    decode_memory_mb: int = 256  # memory reserved per decode task
-    decode_tasks: int = 0  # concurrent decode tasks; 0: the CPUs left after the encoder actors
+    decode_batch_size: int = 16  # clips per decode task (split layout; fewer, larger tasks: less scheduling)
+    encode_batch_size: int = 16  # clips per encoder call = rows per Parquet shard (fused: each worker's first, 1/4)
+    decode_cpus: float = 0.5  # CPUs per decode task (a fused task takes decode_cpus + encoder_cpus)
+    decode_memory_mb: int = 256  # memory reserved per decode task (and per fused task)
+    decode_tasks: int = 0  # concurrent decode tasks (fused: decode+encode tasks); 0: what the cluster's CPUs hold
     encoder_cpus: float = 0.5  # CPUs per encoder actor (ignored with GPUs)
+    encoder_memory_mb: int = 0  # reserved per fused task beyond decode_memory_mb; 0: 384 + the traced towers' MB
     num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
+    # CPU-only clusters: tasks that decode, encode and write their own batches, one per decode_cpus +
+    # encoder_cpus (decoded clips stay in the process); false: decode tasks -> encoder actors, as with GPUs
+    fused_cpu: bool = True
+    # fused: seconds a worker process keeps its loaded encoders after its last batch (a job a moment later starts
+    # warm); 0: dropped after every batch (each batch loads them again)
+    warm_keep_s: float = 30.0
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
     progress: bool = True
@@ -244,8 +251,8 @@ def scripted_encoders(preset: str, media: MediaConfig) -> str:
     """The encoders of ``preset`` traced to TorchScript once per machine, under ``$RAY_EMER_HOME/cache/encoders/``
     (keyed by the encoder settings, the input sizes and the torch/transformers versions); -> the directory.
 
-    Extraction actors load these with torch alone: building the transformers towers first imports transformers'
-    model modules (torch._dynamo among them), seconds of start-up per actor. The traces compute the same thing.
+    Extraction workers load these with torch alone: building the transformers towers first imports transformers'
+    model modules (torch._dynamo among them), seconds of start-up per worker. The traces compute the same thing.
     """
     import hashlib
     import importlib.metadata
@@ -253,24 +260,26 @@ def scripted_encoders(preset: str, media: MediaConfig) -> str:
     import shutil
     import tempfile
 
-    import torch
-
     from ray_emer.config import to_dict
     from ray_emer.model.config import encoder_image_size, resolve_model_config
-    from ray_emer.model.encoders import SCRIPTED_FILES, Encoders
     from ray_emer.tracking import home
 
     cfg = resolve_model_config(preset, [])
     window = int(round(media.audio_window_s * SAMPLE_RATE))
     enc = to_dict(cfg.encoders)
     sources = [enc["vision_name"], enc["audio_name"]] if cfg.init == "pretrained" else []
+    # versions from the package metadata: a cache hit imports no torch in the driver (seconds on a small machine)
     key = json.dumps({"encoders": enc, "init": cfg.init, "image_size": encoder_image_size(cfg), "window": window,
                       "local": {p: os.path.getmtime(p) for p in sources if p and os.path.exists(p)},
-                      "torch": torch.__version__, "transformers": importlib.metadata.version("transformers")},
-                     sort_keys=True)
+                      "torch": importlib.metadata.version("torch"),
+                      "transformers": importlib.metadata.version("transformers")}, sort_keys=True)
     out = os.path.join(home(), "cache", "encoders", hashlib.sha256(key.encode()).hexdigest()[:20])
-    if all(os.path.exists(os.path.join(out, f)) for f in SCRIPTED_FILES):
+    if os.path.exists(os.path.join(out, "key.json")):  # written last; the directory appears whole (rename)
         return out
+    import torch
+
+    from ray_emer.model.encoders import SCRIPTED_FILES, Encoders
+
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(out))
     try:
@@ -288,11 +297,17 @@ def scripted_encoders(preset: str, media: MediaConfig) -> str:
 
 
 def write_shard(table: pa.Table, output: str) -> str:
-    """Write one Parquet shard atomically under ``output``; returns its URI."""
+    """Write one Parquet shard atomically under ``output``; returns its URI. The name follows from the clip ids
+    (the first one and a hash of all), so a batch written again (a task Ray retried after its worker died) replaces
+    its own shard instead of adding a second copy of its rows."""
+    import hashlib
+
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    first = table.column("clip_id")[0].as_py() if table.num_rows else "empty"
-    uri = storage.join(output, f"part-{first}-{uuid.uuid4().hex[:8]}.parquet")
+    ids = [str(c) for c in table.column("clip_id").to_pylist()]
+    first = ids[0] if ids else "empty"
+    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:8] if ids else uuid.uuid4().hex[:8]
+    uri = storage.join(output, f"part-{first}-{digest}.parquet")
     storage.write_bytes(uri, buf.getvalue())
     return uri
 

@@ -1,19 +1,25 @@
-"""Ray Data wiring (the only place Ray Data is used): archive -> decode tasks -> encoder actors -> Parquet.
+"""Ray Data wiring (the only place Ray Data is used): archive -> decode -> frozen encoders -> Parquet.
 
-One row per clip all the way. Decoding runs as CPU tasks and resizes frames to the
-encoder's input size at once, so only small frames travel to the encoder actors; each
-actor (one GPU when the cluster has them, a fraction of a CPU otherwise) encodes a batch
-and writes it as one Parquet shard, so an interrupted run keeps every finished batch
-and a rerun skips the clip ids already written.
+One row per clip all the way; each encoded batch is written as one Parquet shard, so an
+interrupted run keeps every finished batch and a rerun skips the clip ids already written.
+Two layouts (``_dataset``): with GPUs, decoding runs as CPU tasks that resize frames to the
+encoder's input size at once (only small frames travel) and encoder actors (one GPU each)
+encode and write; on CPU-only clusters, tasks decode, encode and write their own batches
+(``fused_cpu``) in Ray's pooled workers, which keep their encoders loaded for a while
+(``warm_keep_s``), so no decoded clip crosses the object store, no process sits between, and
+no actor has to start before the first shard.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import queue
+import threading
 import time
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from ray_emer import storage
@@ -31,7 +37,8 @@ from ray_emer.tracking import open_tracker
 
 
 def _decode(batch: dict[str, np.ndarray], media, asr) -> dict[str, np.ndarray]:
-    """Decode a batch of serialized manifest records (a stateless task; the offline ASR backend runs here)."""
+    """Decode a batch of serialized manifest records (a stateless task, or a fused task's first step; the offline
+    ASR backend runs here)."""
     return stack_rows([decode_row(json.loads(s), media, asr) for s in batch["record"]])
 
 
@@ -41,14 +48,81 @@ class _EncodeAndWrite:
     def __init__(self, preset: str, media, output: str, asr, scripted: str | None = None) -> None:
         # with asr.backend whisper: Whisper on its device; ``scripted``: traced towers (CPU), no transformers import
         self.encoder = FeatureEncoder(preset, media, asr=asr, scripted=scripted)
-        self.output = output
+        self.output, self.fresh = output, True
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         table = self.encoder.encode_batch(batch)
         write_shard(table, self.output)
         out = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
         out["scripted"] = np.full(table.num_rows, self.encoder.encoders.scripted)
+        out["encoder_load"] = np.array([self.fresh] + [False] * (table.num_rows - 1))
+        self.fresh = False
         return out
+
+
+def _decode_encode_write(batch: dict[str, np.ndarray], preset: str, media, output: str, asr,
+                         scripted: str | None, keep_s: float, shard_rows: int) -> dict[str, np.ndarray]:
+    """CPU-only clusters (``fused``): one Ray task decodes a block of manifest records ``shard_rows`` at a time,
+    encodes them with the worker's warm encoders and writes each chunk as one shard. The decoded frames and audio
+    (~0.5 MB a clip) never leave the process, and tasks run in Ray's pooled worker processes, which exist before
+    the job (no actor start-up) and keep their encoders ``keep_s`` seconds for the next block or job."""
+    encoder, loaded = _worker_encoder(preset, media, asr, scripted)
+    parts = []
+    try:
+        records = batch["record"]
+        for start in range(0, len(records), shard_rows):
+            table = encoder.encode_batch(_decode({"record": records[start:start + shard_rows]}, media, asr))
+            write_shard(table, output)
+            parts.append(table.select(["clip_id", "status", "error"]))
+    finally:
+        _release_after(keep_s)
+    table = pa.concat_tables(parts)
+    out = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
+    out["scripted"] = np.full(table.num_rows, encoder.encoders.scripted)
+    out["encoder_load"] = np.array([loaded] + [False] * (table.num_rows - 1))
+    return out
+
+
+# one worker process's warm encoders: {"key": settings, "encoder": FeatureEncoder, "generation": int}
+_WARM: dict = {"key": None, "encoder": None, "generation": 0}
+_WARM_LOCK = threading.Lock()
+
+
+def _worker_encoder(preset: str, media, asr, scripted: str | None) -> tuple[FeatureEncoder, bool]:
+    """This process's encoders for these settings, built (or loaded from ``scripted``) on first use; True when this
+    call built them. Other settings replace them (one set per process). Cancels a pending release."""
+    key = repr((preset, media, asr, scripted))
+    with _WARM_LOCK:
+        _WARM["generation"] += 1  # a release timer already running finds a newer generation and keeps them
+        if _WARM["key"] == key:
+            return _WARM["encoder"], False
+        _WARM.update(key=None, encoder=None)  # the old set goes before the new one loads
+    encoder = FeatureEncoder(preset, media, asr=asr, scripted=scripted)
+    with _WARM_LOCK:
+        _WARM.update(key=key, encoder=encoder)
+    return encoder, True
+
+
+def _release_after(keep_s: float) -> None:
+    """Drop this process's encoders ``keep_s`` seconds from now unless a batch uses them before (0: now): pooled
+    workers that sit idle after a job hold no model weights for long."""
+    with _WARM_LOCK:
+        generation = _WARM["generation"]
+
+    def release() -> None:
+        with _WARM_LOCK:
+            if _WARM["generation"] == generation:
+                _WARM.update(key=None, encoder=None)
+        import gc
+
+        gc.collect()
+
+    if keep_s <= 0:
+        release()
+        return
+    timer = threading.Timer(keep_s, release)
+    timer.daemon = True
+    timer.start()
 
 
 def ensure_ray() -> None:
@@ -75,8 +149,51 @@ def _decode_tasks(cfg: ExtractConfig, gpu: bool) -> int:
     return max(1, int((ray.cluster_resources().get("CPU", 1) - reserved) / cfg.decode_cpus))
 
 
+def _batches(n: int, size: int, workers: int) -> list[tuple[int, int]]:
+    """Row ranges of the fused tasks' blocks. The first ``workers`` hold a quarter of ``size`` rows (a worker's
+    first shard follows its encoders' loading by a quarter of a shard's decode and encode); then each takes a
+    ``2 * workers``-th of the rows left, in whole shards of ``size`` and at most 8 of them, so blocks shrink to one
+    shard towards the end: few tasks (Ray Data notices a finished task only every 0.1 s, ~0.2 s idle a task
+    here), and the workers still finish together."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        if len(bounds) < workers:
+            rows = max(1, size // 4)
+        else:
+            left = n - start
+            rows = min(8, max(1, -(-left // (2 * workers * size)))) * size
+        bounds.append((start, min(n, start + rows)))
+        start = bounds[-1][1]
+    return bounds
+
+
+def _encoder_memory(cfg: ExtractConfig, scripted: str | None) -> int:
+    """Bytes a fused task reserves for its encoders: ``encoder_memory_mb``, or (0) torch's own ~384 MB plus the
+    traced towers' size, so Ray runs no more fused tasks on a node than their weights fit (large presets)."""
+    if cfg.encoder_memory_mb > 0:
+        return cfg.encoder_memory_mb * 2**20
+    import os
+
+    towers = sum(e.stat().st_size for e in os.scandir(scripted) if e.is_file()) if scripted else 0
+    return 384 * 2**20 + towers
+
+
+def _fused_tasks(cfg: ExtractConfig) -> int:
+    """CPU-only clusters: concurrent decode+encode tasks, one per ``decode_cpus + encoder_cpus`` of the cluster's
+    CPUs (``decode_tasks`` when set)."""
+    if cfg.decode_tasks > 0:
+        return cfg.decode_tasks
+    return max(1, int(ray.cluster_resources().get("CPU", 1) / (cfg.decode_cpus + cfg.encoder_cpus)))
+
+
 def run_extract(cfg: ExtractConfig, log=print) -> dict:
-    """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts."""
+    """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts.
+
+    ``first_shard_s``: seconds from the call to the first shard written (None when nothing was to do);
+    ``layout``: ``fused`` (CPU-only: tasks that decode and encode) or ``split`` (decode tasks -> encoder actors);
+    ``encoder_loads``: worker processes that loaded the encoders for this job (fused: fewer than the concurrent
+    tasks when workers kept theirs from a job a moment before)."""
     if not cfg.input or not cfg.output:
         from ray_emer.config import ConfigError
 
@@ -96,57 +213,109 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     todo, total, skipped = pending_records(cfg)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {len(todo)} to do")
     counts, errors = {"ok": 0, "error": 0}, []
-    t0, first_shard = time.perf_counter(), None
+    t0, first_shard, layout, tracking = time.perf_counter(), None, None, None
     scripted_used: set[bool] = set()
-    if todo:
-        gpu = use_gpu(cfg.use_gpu)
-        scripted = None
-        if not gpu:  # CPU actors load the encoders traced once per machine (no transformers import: faster start)
-            try:
-                scripted = scripted_encoders(cfg.preset, media)
-            except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the actors build it as before
-                log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); actors build them")
-        n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
-        ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
-        ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=cfg.decode_batch_size,
-                            num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
-                            # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
-                            # that differ from the actor's also keep Ray from fusing decode into the encoder
-                            # actor, where it would run serially next to the encoder
-                            memory=cfg.decode_memory_mb * 2**20)
-        ds = ds.map_batches(_EncodeAndWrite, fn_constructor_args=(cfg.preset, media, cfg.output, cfg.asr, scripted),
-                            batch_size=cfg.encode_batch_size,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
-                            num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if first_shard is None:  # an encoder actor returns a batch once its shard is written
-                first_shard = time.perf_counter() - t_start
-            scripted_used.update(bool(x) for x in batch["scripted"])
-            for status, error, clip in zip(batch["status"], batch["error"], batch["clip_id"], strict=True):
-                counts[status] += 1
-                if status != "ok":
-                    errors.append(f"{clip}: {error}")
-            done = counts["ok"] + counts["error"]
-            log(f"[extract] {done}/{len(todo)} clips (ok {counts['ok']}, error {counts['error']}), "
-                f"{done / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
-    wall = time.perf_counter() - t0
-    summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": len(todo),
-               "skipped": skipped, **counts, "wall_s": round(wall, 3),
-               "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
-               "scripted_encoders": scripted_used == {True},
-               "clips_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else 0.0,
-               "errors": errors[:50]}
-    storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
-    _track(cfg, summary)
+    loads = 0
+    try:
+        if todo:
+            gpu = use_gpu(cfg.use_gpu)
+            layout = "split" if gpu or not cfg.fused_cpu else "fused"
+            scripted = None
+            if not gpu:  # CPU workers load the encoders traced once per machine (no transformers import: faster)
+                try:
+                    scripted = scripted_encoders(cfg.preset, media)
+                except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the workers build it as before
+                    log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); workers build them")
+            for batch in _dataset(cfg, todo, media, gpu, layout, scripted).iter_batches(batch_size=None,
+                                                                                         batch_format="numpy"):
+                if first_shard is None:  # a task / actor returns a batch once its shard is written
+                    first_shard = time.perf_counter() - t_start
+                    tracking = _Tracking(cfg)  # MLflow's start-up runs beside the job, not after its last shard
+                scripted_used.update(bool(x) for x in batch["scripted"])
+                loads += int(np.sum(batch["encoder_load"]))
+                for status, error, clip in zip(batch["status"], batch["error"], batch["clip_id"], strict=True):
+                    counts[status] += 1
+                    if status != "ok":
+                        errors.append(f"{clip}: {error}")
+                done = counts["ok"] + counts["error"]
+                log(f"[extract] {done}/{len(todo)} clips (ok {counts['ok']}, error {counts['error']}), "
+                    f"{done / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
+        wall = time.perf_counter() - t0
+        summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": len(todo),
+                   "skipped": skipped, **counts, "wall_s": round(wall, 3),
+                   "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
+                   "layout": layout, "scripted_encoders": scripted_used == {True}, "encoder_loads": loads,
+                   "clips_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else 0.0,
+                   "errors": errors[:50]}
+        storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
+    except BaseException:
+        if tracking is not None:
+            tracking.finish(None)
+        raise
+    (tracking or _Tracking(cfg)).finish(summary)
     log(f"[extract] done: {counts['ok']} ok, {counts['error']} error, {skipped} skipped in {wall:.1f} s")
     return summary
 
 
-def _track(cfg: ExtractConfig, summary: dict) -> None:
-    tracker = open_tracker(cfg.tracking, run_name="extract")
-    try:
-        tracker.log_params(dataclasses.asdict(cfg))
-        tracker.log_metrics({k: summary[k] for k in ("clips", "processed", "skipped", "ok", "error",
-                                                     "wall_s", "clips_per_s")})
-    finally:
-        tracker.close()
+def _dataset(cfg: ExtractConfig, todo: list[dict], media, gpu: bool, layout: str, scripted: str | None):
+    """The Ray Data plan: manifest records -> shards written, one small summary batch per shard.
+
+    ``split`` (GPUs, or ``fused_cpu: false``): decode tasks -> encoder actors (one GPU each, else
+    ``encoder_cpus``). ``fused`` (CPU only): tasks that decode, encode and write their own batches, one per
+    ``decode_cpus + encoder_cpus`` of the cluster at a time: no decoded clip (~0.5 MB of audio and frames) crosses
+    the object store, a 2-core machine runs 2 worker processes instead of 4, and the tasks start in Ray's pooled
+    workers at once (an actor pool first starts a process per actor), which keep their encoders ``warm_keep_s``."""
+    args = (cfg.preset, media, cfg.output, cfg.asr, scripted)
+    if layout == "fused":  # one block per task: it decodes, encodes and writes the block shard by shard
+        records = [json.dumps(r, default=str) for r in todo]
+        tasks = _fused_tasks(cfg)
+        bounds = _batches(len(records), cfg.encode_batch_size, tasks)
+        ds = ray.data.from_arrow([pa.table({"record": records[a:b]}) for a, b in bounds])
+        return ds.map_batches(_decode_encode_write, fn_args=(*args, cfg.warm_keep_s, cfg.encode_batch_size),
+                              batch_size=None,
+                              compute=ray.data.TaskPoolStrategy(size=min(len(bounds), tasks)),
+                              num_cpus=cfg.decode_cpus + cfg.encoder_cpus,
+                              memory=cfg.decode_memory_mb * 2**20 + _encoder_memory(cfg, scripted))
+    n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
+    ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
+    ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=cfg.decode_batch_size,
+                        num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
+                        # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
+                        # that differ from the actor's also keep Ray from fusing decode into the encoder
+                        # actor, where it would run serially next to the encoder
+                        memory=cfg.decode_memory_mb * 2**20)
+    return ds.map_batches(_EncodeAndWrite, fn_constructor_args=args, batch_size=cfg.encode_batch_size,
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
+                          num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)
+
+
+class _Tracking:
+    """The job's MLflow run, written from one thread of its own: it opens the run and logs the config at once
+    (importing MLflow and opening its store cost ~2 CPU-s, which the job's own work now covers), then waits for
+    the summary's metrics. ``finish(None)``: the job failed; the run closes without metrics."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg, self.error = cfg, None
+        self._summary: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="extract-tracking", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            tracker = open_tracker(self.cfg.tracking, run_name="extract")
+            try:
+                tracker.log_params(dataclasses.asdict(self.cfg))
+                summary = self._summary.get()
+                if summary is not None:
+                    tracker.log_metrics({k: summary[k] for k in ("clips", "processed", "skipped", "ok", "error",
+                                                                 "wall_s", "clips_per_s")})
+            finally:
+                tracker.close()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread by finish()
+            self.error = exc
+
+    def finish(self, summary: dict | None) -> None:
+        self._summary.put(summary)
+        self._thread.join(timeout=None if summary is not None else 30)  # a failing job does not wait on MLflow long
+        if self.error is not None and summary is not None:
+            raise self.error

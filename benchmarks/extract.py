@@ -2,18 +2,25 @@
 
     python benchmarks/extract.py --clips 1000            # synthetic archive
     python benchmarks/extract.py --folder /data/videos   # any folder / manifest
+    python benchmarks/extract.py --clips 1000 --json     # ... and every number as one JSON line, the last
 
 Prints clips/s of (a) a sequential loop (decode + encode one clip at a time, in one
-process, as the published code does), (b) the Ray Data job, their ratio, (c) the
-machine's decode-only ceiling (the same sampled frames and audio windows, one decode
-process per core) and the pipeline's share of it, and the resident memory of the
-driver + Ray workers at the first finished batch, the middle and the end, and where the
-CPU went during the Ray run (decode tasks, encoder actors, driver, Ray's own services).
-Time to the first written shard: of the main run (the session's first Ray Data job, from
-``run_extract``'s start; ``ray.init`` is printed apart), and of a second, 64-clip run in
-the same session (a chain's later job: Ray is up, Ray Data's own actors exist, the encoder
-actor still starts from nothing). ``--json``: the last stdout line is one JSON object
-(``time_to_first_shard_s`` is the second run's, ``ratio_vs_sequential``, ``clips``, ...).
+process, as the published code does), (c) the machine's decode-only ceiling (the same
+sampled frames and audio windows, one decode process per core), and (b) the Ray Data job
+twice in one Ray session: the session's first Ray Data job (Ray Data starts its own actors
+then, once per session) and the same job again (a chain's later step), each timed from
+``run_extract``'s start with its own start-up and MLflow logging included, with its ratio
+to (a), its share of (c), the resident memory of the driver + Ray workers, and where the
+CPU went (decode+encode tasks or decode tasks and encoder actors, idle pooled workers, Ray
+Data's own actors, driver, Ray's services).
+
+Time to the first written shard (``part-*.parquet``; ``first_shard_s`` of ``run_extract``):
+in the first job and the later job (from ``run_extract``'s start, Ray up; ``ray.init`` is
+printed apart), and from spawning a cold ``ray-emer extract`` process on 64 of the clips
+(interpreter, imports, its own local Ray, the job) to the file appearing. ``--json``: the
+last stdout line is one JSON object: ``time_to_first_shard_s`` (the first job),
+``time_to_first_shard_later_job_s``, ``time_to_first_shard_cold_s``, ``ratio_vs_sequential``
+(the first job), ``ratio_vs_sequential_later_job``, ``clips``, ...
 """
 
 from __future__ import annotations
@@ -30,12 +37,19 @@ import time
 import psutil
 
 
+def _session() -> list[psutil.Process]:
+    """This process and its descendants: the local Ray it started (services, workers); other users' Ray
+    sessions on the machine are left out."""
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
 def _rss_mb() -> float:
-    """Driver + every Ray worker process on this machine (MB)."""
+    """Driver + every Ray worker process of this session (MB)."""
     total = psutil.Process().memory_info().rss
-    for p in psutil.process_iter(["cmdline"]):
+    for p in _session()[1:]:
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
+            cmd = " ".join(p.cmdline())
             if cmd.startswith("ray::") or "default_worker.py" in cmd:
                 total += p.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -44,20 +58,27 @@ def _rss_mb() -> float:
 
 
 def _ray_cpu() -> dict[int, tuple[str, float]]:
-    """pid -> (role, CPU seconds so far) for this process and every Ray process on the machine."""
+    """pid -> (role, CPU seconds so far) for this process and every Ray process of this session."""
     out = {}
-    for p in psutil.process_iter(["cmdline", "cpu_times"]):
+    for p in _session():
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            cpu = p.info["cpu_times"].user + p.info["cpu_times"].system
-        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+            cmd = " ".join(p.cmdline())
+            times = p.cpu_times()
+            cpu = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if p.pid == os.getpid():
             role = "driver"
+        elif "_decode_encode_write" in cmd:
+            role = "decode+encode tasks"
         elif "_EncodeAndWrite" in cmd:
             role = "encoder actors"
-        elif cmd.startswith("ray::IDLE") or "_decode" in cmd:
+        elif "_decode" in cmd:
             role = "decode tasks"
+        elif cmd.startswith("ray::IDLE"):
+            role = "idle workers"
+        elif any(a in cmd for a in ("_StatsActor", "AutoscalingCoordinator", "ActorLocationTracker")):
+            role = "Ray Data's actors"
         elif "ray" in cmd:
             role = "Ray services"
         else:
@@ -66,13 +87,24 @@ def _ray_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+def _merge(seen: dict[int, tuple[str, float]], now: dict[int, tuple[str, float]]) -> None:
+    """``seen`` += the latest sample; a pooled worker keeps the role of the work it ran (it reads IDLE between
+    tasks, and while it starts)."""
+    for pid, (role, cpu) in now.items():
+        if role == "idle workers" and pid in seen:
+            role = seen[pid][0]
+        seen[pid] = (role, cpu)
+
+
 def cpu_by_role(before: dict[int, tuple[str, float]], seen: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds each role used since ``before`` (processes started since count in full); ``seen``
     holds the last sample of processes that may have exited since (idle workers do)."""
-    roles = dict.fromkeys(("decode tasks", "encoder actors", "driver", "Ray services"), 0.0)
-    for pid, (role, cpu) in {**seen, **_ray_cpu()}.items():
+    roles = dict.fromkeys(("decode+encode tasks", "decode tasks", "encoder actors", "idle workers",
+                           "Ray Data's actors", "driver", "Ray services"), 0.0)
+    _merge(seen, _ray_cpu())
+    for pid, (role, cpu) in seen.items():
         roles[role] += cpu - before.get(pid, (role, 0.0))[1]
-    return roles
+    return {k: v for k, v in roles.items() if v > 0 or k in ("driver", "Ray services")}
 
 
 def _decode_only(args):
@@ -99,6 +131,9 @@ def main() -> None:
     ap.add_argument("--sequential-clips", type=int, default=200, help="clips timed for the sequential loop")
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     ap.add_argument("--encode-batch-size", type=int, default=32)
+    ap.add_argument("--layout", choices=("fused", "split"), default="fused",
+                    help="CPU layout of the Ray job: fused decode+encode tasks (default) or decode tasks -> "
+                         "encoder actors")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", action="store_true", help="print every number as one JSON object, the last line")
     args = ap.parse_args()
@@ -106,7 +141,6 @@ def main() -> None:
     import ray
 
     from ray_emer.data.features import ExtractConfig, effective_media, extract_sequential, pending_records
-    from ray_emer.data.pipeline import run_extract
     from ray_emer.synthetic import SynthConfig, write_archive
 
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_bench_")
@@ -119,7 +153,8 @@ def main() -> None:
         source = write_archive(os.path.join(work, "archive"), SynthConfig(clips=args.clips, seed=7))
         shutil.copy(source, os.path.join(work, "archive", f"manifest-{args.clips}.csv"))
         print(f"wrote {args.clips} synthetic clips in {time.perf_counter() - t0:.1f} s")
-    base = dict(input=source, preset=args.preset, progress=False, encode_batch_size=args.encode_batch_size)
+    base = dict(input=source, preset=args.preset, progress=False, encode_batch_size=args.encode_batch_size,
+                fused_cpu=args.layout == "fused")
 
     seq_cfg = ExtractConfig(output=os.path.join(work, "seq"), **base)
     shutil.rmtree(seq_cfg.output, ignore_errors=True)
@@ -135,63 +170,109 @@ def main() -> None:
     t_init = time.perf_counter()
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - t_init
-    pipe_cfg = ExtractConfig(output=os.path.join(work, "ray"), **base)
-    shutil.rmtree(pipe_cfg.output, ignore_errors=True)
+    print(f"ray.init (local, {args.cpus} CPUs): {ray_init_s:.1f} s")
+    # (b) twice: the session's first Ray Data job (Ray Data also starts its own actors then, once per session)
+    # and the same job again (a chain's later step); each from run_extract's start, its own start-up included
+    first = timed_run(ExtractConfig(output=os.path.join(work, "ray"), **base), seq["clips_per_s"], ceiling,
+                      "(b) Ray Data job, the session's first")
+    later = timed_run(ExtractConfig(output=os.path.join(work, "ray_later"), **base), seq["clips_per_s"], ceiling,
+                      "(b') the same job again in the session")
+    subset = _subset(source, work, 64)
+    ray.shutdown()
+    cold = cold_first_shard(subset, os.path.join(work, "ray_cold"), args)
+    print(f"time to the first written shard: {first['first_shard_s']:.1f} s in the session's first Ray Data job "
+          f"(from run_extract's start, Ray up; ray.init before it {ray_init_s:.1f} s), {later['first_shard_s']:.1f} s "
+          f"in a later job of the session, {cold:.1f} s from spawning a cold `ray-emer extract` process (64 clips; "
+          "interpreter, imports and its own local Ray included)")
+    if args.json:
+        print(json.dumps({"clips": first["processed"], "ok": first["ok"], "error": first["error"],
+                          "time_to_first_shard_s": first["first_shard_s"],
+                          "time_to_first_shard_later_job_s": later["first_shard_s"],
+                          "time_to_first_shard_cold_s": round(cold, 3), "ray_init_s": round(ray_init_s, 2),
+                          "ratio_vs_sequential": first["ratio"], "ratio_vs_sequential_later_job": later["ratio"],
+                          "clips_per_s": first["clips_per_s"], "clips_per_s_later_job": later["clips_per_s"],
+                          "sequential_clips_per_s": round(seq["clips_per_s"], 2), "layout": first["layout"],
+                          "decode_ceiling_clips_per_s": round(ceiling, 2), "wall_s": first["wall_s"],
+                          "wall_s_later_job": later["wall_s"], "peak_rss_mb": first["peak_rss_mb"],
+                          "cpu_s_by_role": first["cpu_s_by_role"],
+                          "cpu_s_by_role_later_job": later["cpu_s_by_role"]}))
+
+
+def timed_run(cfg, seq_clips_per_s: float, ceiling: float, label: str) -> dict:
+    """One ``run_extract`` with RSS and per-role CPU sampled every 0.5 s; prints its lines, returns its numbers."""
+    from ray_emer.data.pipeline import run_extract
+
+    shutil.rmtree(cfg.output, ignore_errors=True)
     rss, stop, seen = [], threading.Event(), {}
 
     def sample():
         while not stop.is_set():
             rss.append((time.perf_counter(), _rss_mb()))
-            seen.update(_ray_cpu())
+            _merge(seen, _ray_cpu())
             time.sleep(0.5)
 
-    marks: list[tuple[float, int]] = []
+    marks: list[float] = []
 
     def log(msg: str) -> None:
-        if "/" in msg and "clips (ok" in msg:
-            marks.append((time.perf_counter(), int(msg.split()[1].split("/")[0])))
+        if "clips (ok" in msg:
+            marks.append(time.perf_counter())
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     cpu_before = _ray_cpu()
     t0 = time.perf_counter()
-    summary = run_extract(pipe_cfg, log=log)
+    summary = run_extract(cfg, log=log)
+    wall = time.perf_counter() - t0
     stop.set()
     th.join()
-    wall = time.perf_counter() - t0
-    # no "steady state" figure: decoding runs ahead while the encoder actor starts, so the rate after
-    # the first batch includes draining that backlog and overstates what the pipeline sustains
-    (t_first, _), (t_last, _) = marks[0], marks[-1]
+    # no "steady state" figure: in the split layout decoding runs ahead while the encoder actor starts, so
+    # the rate after the first batch includes draining that backlog and overstates what the pipeline sustains
     end_to_end = summary["processed"] / wall
-    print(f"(b) Ray Data job: {summary['processed']} clips ({summary['ok']} ok, {summary['error']} error), "
-          f"{end_to_end:.1f} clips/s end to end (incl. {t_first - t0:.1f} s to the first batch)")
-    ratio = end_to_end / seq["clips_per_s"]
-    print(f"ratio vs sequential: {ratio:.2f}x")
-    print(f"share of the decode ceiling: {end_to_end / ceiling:.0%}")
-    first = next((m for t, m in rss if t >= t_first), rss[0][1])
+    ratio = end_to_end / seq_clips_per_s
+    print(f"{label} ({summary['layout']} layout): {summary['processed']} clips ({summary['ok']} ok, "
+          f"{summary['error']} error) in {wall:.1f} s, {end_to_end:.1f} clips/s end to end (first shard after "
+          f"{summary['first_shard_s']:.1f} s) = {ratio:.2f}x the sequential loop, {end_to_end / ceiling:.0%} of the "
+          "decode ceiling")
+    t_first, t_last = marks[0], marks[-1]
+    at_first = next((m for t, m in rss if t >= t_first), rss[0][1])
     mid = next((m for t, m in rss if t >= (t_first + t_last) / 2), rss[-1][1])
-    print(f"RSS driver+workers: first batch {first:.0f} MB, middle {mid:.0f} MB, end {rss[-1][1]:.0f} MB, "
-          f"peak {max(m for _, m in rss):.0f} MB over {total} clips")
+    print(f"    RSS driver+workers: first batch {at_first:.0f} MB, middle {mid:.0f} MB, end {rss[-1][1]:.0f} MB, "
+          f"peak {max(m for _, m in rss):.0f} MB")
     roles = cpu_by_role(cpu_before, seen)
     n = max(summary["processed"], 1)
-    print(f"CPU budget of the Ray run ({sum(roles.values()):.1f} CPU-s for {args.cpus} cores x {wall:.1f} s), "
-          "per clip: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in roles.items())
-          + " (worker start-up and imports included)")
-    warm_cfg = ExtractConfig(output=os.path.join(work, "ray_warm"), **dict(base, input=_subset(source, work, 64)))
-    shutil.rmtree(warm_cfg.output, ignore_errors=True)
-    warm = run_extract(warm_cfg, log=lambda m: None)
-    print(f"time to the first written shard: {summary['first_shard_s']:.1f} s in the session's first Ray Data job "
-          f"(after ray.init {ray_init_s:.1f} s), {warm['first_shard_s']:.1f} s in a later job of the same session "
-          f"({warm['processed']} clips)")
-    ray.shutdown()
-    if args.json:
-        print(json.dumps({"clips": summary["processed"], "ok": summary["ok"], "error": summary["error"],
-                          "time_to_first_shard_s": warm["first_shard_s"],
-                          "time_to_first_shard_first_job_s": summary["first_shard_s"], "ray_init_s": round(ray_init_s, 2),
-                          "ratio_vs_sequential": round(ratio, 3), "clips_per_s": round(end_to_end, 2),
-                          "sequential_clips_per_s": round(seq["clips_per_s"], 2),
-                          "decode_ceiling_clips_per_s": round(ceiling, 2), "wall_s": round(wall, 2),
-                          "peak_rss_mb": round(max(m for _, m in rss))}))
+    print(f"    CPU budget ({sum(roles.values()):.1f} CPU-s for {os.cpu_count()} cores x {wall:.1f} s), per clip: "
+          + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in roles.items())
+          + " (worker start-up, imports and MLflow included)")
+    return {**{k: summary[k] for k in ("processed", "ok", "error", "first_shard_s", "layout")},
+            "ratio": round(ratio, 3), "clips_per_s": round(end_to_end, 2), "wall_s": round(wall, 2),
+            "peak_rss_mb": round(max(m for _, m in rss)), "cpu_s_by_role": {k: round(v, 2) for k, v in roles.items()}}
+
+
+def cold_first_shard(manifest: str, output: str, args) -> float:
+    """Seconds from spawning ``ray-emer extract`` (a fresh interpreter that starts its own local Ray) to the
+    first ``part-*.parquet`` in its output (the directory polled every 10 ms)."""
+    import subprocess
+    import sys
+
+    shutil.rmtree(output, ignore_errors=True)
+    os.makedirs(output)
+    env = dict(os.environ, RAY_ADDRESS="local")  # its own instance, never a cluster someone started here
+    cmd = [sys.executable, "-m", "ray_emer.cli", "extract", "--input", manifest, "--output", output,
+           "--preset", args.preset, "--set", "progress=false", "--set", f"encode_batch_size={args.encode_batch_size}",
+           "--set", f"fused_cpu={str(args.layout == 'fused').lower()}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    first = None
+    while first is None and proc.poll() is None:
+        if any(f.startswith("part-") and f.endswith(".parquet") for f in os.listdir(output)):
+            first = time.perf_counter() - t0
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"cold ray-emer extract failed ({proc.returncode}): {err[-2000:]}")
+    if first is None:  # finished between two polls
+        first = time.perf_counter() - t0
+    return first
 
 
 def _subset(source: str, work: str, n: int) -> str:

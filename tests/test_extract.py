@@ -408,3 +408,25 @@ def test_a_fused_task_reserves_memory_for_its_towers(tmp_path):
     (tmp_path / "audio.pt").write_bytes(b"\0" * 2**20)
     assert _encoder_memory(ExtractConfig(), str(tmp_path)) - _encoder_memory(ExtractConfig(), None) == 4 * 2**20
     assert _encoder_memory(ExtractConfig(encoder_memory_mb=100), str(tmp_path)) == 100 * 2**20
+
+
+def test_the_driver_sees_each_shard_when_its_task_returns(ray_local):
+    """run_extract's loop (``_as_returned``) gets a task's summary when that task returns, not when the next task
+    is done as well (Ray Data's default prefetch): here the second task sleeps 5 s, the first returns at once."""
+    import ray
+
+    from ray_emer.data.pipeline import _as_returned
+
+    def work(batch):
+        if batch["id"][0] == 1:
+            time.sleep(5)
+        return batch
+
+    ds = ray.data.from_items([{"id": i} for i in range(2)], override_num_blocks=2).map_batches(
+        work, batch_size=None, compute=ray.data.TaskPoolStrategy(size=1), num_cpus=0.5)
+    t0 = time.perf_counter()
+    batches = iter(_as_returned(ds))
+    first = next(batches)
+    waited = time.perf_counter() - t0
+    assert first["id"].tolist() == [0] and waited < 4, waited
+    assert [b["id"].tolist() for b in batches] == [[1]]

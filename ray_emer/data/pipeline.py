@@ -226,8 +226,7 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
                     scripted = scripted_encoders(cfg.preset, media)
                 except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the workers build it as before
                     log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); workers build them")
-            for batch in _dataset(cfg, todo, media, gpu, layout, scripted).iter_batches(batch_size=None,
-                                                                                         batch_format="numpy"):
+            for batch in _as_returned(_dataset(cfg, todo, media, gpu, layout, scripted)):
                 if first_shard is None:  # a task / actor returns a batch once its shard is written
                     first_shard = time.perf_counter() - t_start
                     tracking = _Tracking(cfg)  # MLflow's start-up runs beside the job, not after its last shard
@@ -257,6 +256,13 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     return summary
 
 
+def _as_returned(ds):
+    """The job's summary batches, each as soon as its task or actor call returns (its shard is written then).
+    ``prefetch_batches=0``: with ``batch_size=None`` Ray Data otherwise hands a block out only once the next block
+    is there too, so the driver saw the first shard (and each later one) a whole task late."""
+    return ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+
+
 def _dataset(cfg: ExtractConfig, todo: list[dict], media, gpu: bool, layout: str, scripted: str | None):
     """The Ray Data plan: manifest records -> shards written, one small summary batch per shard.
 
@@ -271,6 +277,9 @@ def _dataset(cfg: ExtractConfig, todo: list[dict], media, gpu: bool, layout: str
         tasks = _fused_tasks(cfg)
         bounds = _batches(len(records), cfg.encode_batch_size, tasks)
         ds = ray.data.from_arrow([pa.table({"record": records[a:b]}) for a, b in bounds])
+        # one operator whose concurrency is capped below: no resource reservation, whose budget in a session's
+        # first job waits on Ray Data's autoscaling coordinator (a new actor process) and ran one task for ~2 s
+        ds.context.op_resource_reservation_enabled = False
         return ds.map_batches(_decode_encode_write, fn_args=(*args, cfg.warm_keep_s, cfg.encode_batch_size),
                               batch_size=None,
                               compute=ray.data.TaskPoolStrategy(size=min(len(bounds), tasks)),

@@ -201,6 +201,27 @@ def _storage_path(cfg: TrainConfig) -> str:
     return cfg.scaling.storage_path or (cfg.output.rstrip("/") + ".ray")
 
 
+def _start_anew_if_finished(run_dir: str, log) -> None:
+    """A stage run again into the same output (and so the same Ray Train run directory): when the run there has
+    finished (its latest checkpoint is the "final" summary), it is removed and this becomes a new run; Ray would
+    otherwise restore it, and the new "final" would share the old one's directory, which Ray then deletes when it
+    rotates the old entry out (a third run failed on a snapshot that points at a missing checkpoint). An
+    interrupted run (its latest checkpoint a training step) stays: the stage resumes from it."""
+    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    if not storage.exists(snapshot):
+        return
+    try:
+        latest = (json.loads(storage.read_text(snapshot)).get("latest_checkpoint_result") or {})
+    except ValueError:
+        return  # not a snapshot we can read: Ray reports what is wrong with it
+    if latest.get("checkpoint_dir_name") != "final":
+        return
+    fs, path = storage.filesystem(run_dir)
+    fs.rm(path, recursive=True)
+    log(f"[train] {run_dir} held a finished run of this stage: removed it, this run starts anew "
+        "(an interrupted run would resume)")
+
+
 def _dataset(cfg: TrainConfig):
     files = [f for f in storage.list_files(cfg.features, suffixes=[".parquet"], recursive=False)
              if storage.basename(f).startswith("part-")]
@@ -243,6 +264,8 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     # the driver opens the MLflow run; rank 0 (first start or restart) logs into that same run
     tracker = open_tracker(cfg.tracking, run_name=name)
     tracking_uri = resolve_uri(cfg.tracking.uri, cfg.tracking.enabled)
+    run_root = os.path.abspath(storage_path) if not storage.is_remote(storage_path) else storage_path
+    _start_anew_if_finished(storage.join(run_root, name), log)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "fault": fault,
@@ -250,8 +273,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=gpu,
                                      resources_per_worker=None if gpu else {"CPU": sc.worker_cpus}),
-        run_config=RunConfig(name=name, storage_path=os.path.abspath(storage_path)
-                             if not storage.is_remote(storage_path) else storage_path,
+        run_config=RunConfig(name=name, storage_path=run_root,
                              failure_config=FailureConfig(max_failures=sc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": _dataset(cfg)},

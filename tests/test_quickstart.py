@@ -71,3 +71,12 @@ def test_report_page_renders_in_a_browser(quick, chrome, tmp_path):
     chrome.save_screenshot(str(tmp_path / "report.png"))
     assert len(widths) == 2 + 3 and all(w > 0 for w in widths)  # curves, confusion, 3 frame strips all loaded
     assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_stage_config_takes_packing_from_the_quickstart_config():
+    from ray_emer.quickstart import stage_config
+
+    args = ("/f", "/o", 5, "", "train", "stage1")
+    assert stage_config(QuickstartConfig(), *args).data.packing is False  # the quickstart's default (tiny, CPU)
+    assert stage_config(QuickstartConfig(packing=True), *args).data.packing is True
+    assert stage_config(QuickstartConfig(), *args).data.batch_size == QuickstartConfig().batch_size

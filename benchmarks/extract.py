@@ -11,9 +11,9 @@ twice in one Ray session: the session's first Ray Data job (Ray Data starts its 
 then, once per session) and the same job again (a chain's later step), each timed from
 ``run_extract``'s start with its own start-up and MLflow logging included, with its ratio
 to (a)'s loop and to (a) from its call (building its encoders and listing the work counted
-too, as the Ray job's start-up is), its share of (c), the resident memory of the driver + Ray workers, and where the
-CPU went (decode+encode tasks or decode tasks and encoder actors, idle pooled workers, Ray
-Data's own actors, driver, Ray's services).
+too, as the Ray job's start-up is), its share of (c), the resident memory of the driver +
+Ray workers, and where the CPU went (decode+encode tasks or decode tasks and encoder actors,
+idle pooled workers, Ray Data's own actors, driver, Ray's services).
 
 Time to the first written shard (``part-*.parquet``; ``first_shard_s`` of ``run_extract``):
 in the first job and the later job (from ``run_extract``'s start, Ray up; ``ray.init`` is
@@ -255,7 +255,8 @@ def timed_run(cfg, seq_clips_per_s: float, seq_e2e: float, ceiling: float, label
           + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in roles.items())
           + " (worker start-up, imports and MLflow included)")
     return {**{k: summary[k] for k in ("processed", "ok", "error", "first_shard_s", "layout")},
-            "ratio": round(ratio, 3), "ratio_e2e": round(ratio_e2e, 3), "clips_per_s": round(end_to_end, 2), "wall_s": round(wall, 2),
+            "ratio": round(ratio, 3), "ratio_e2e": round(ratio_e2e, 3), "clips_per_s": round(end_to_end, 2),
+            "wall_s": round(wall, 2),
             "peak_rss_mb": round(max(m for _, m in rss)), "cpu_s_by_role": {k: round(v, 2) for k, v in roles.items()}}
 
 

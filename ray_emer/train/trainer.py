@@ -40,6 +40,9 @@ from ray_emer.train.loop import (
 )
 from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
 
+# the directory name of the small checkpoint a finished run reports its summary with (no training state)
+FINAL_CHECKPOINT = "final"
+
 
 # ---------------------------------------------------------------- worker side
 def _device() -> torch.device:
@@ -193,7 +196,8 @@ def train_worker(config: dict) -> None:
         if rank == 0:
             with open(os.path.join(tmp, "final_metrics.json"), "w") as fh:
                 json.dump(final, fh)
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
+        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=FINAL_CHECKPOINT)
 
 
 # ---------------------------------------------------------------- driver side
@@ -214,7 +218,7 @@ def _start_anew_if_finished(run_dir: str, log) -> None:
         latest = (json.loads(storage.read_text(snapshot)).get("latest_checkpoint_result") or {})
     except ValueError:
         return  # not a snapshot we can read: Ray reports what is wrong with it
-    if latest.get("checkpoint_dir_name") != "final":
+    if latest.get("checkpoint_dir_name") != FINAL_CHECKPOINT:
         return
     fs, path = storage.filesystem(run_dir)
     fs.rm(path, recursive=True)

@@ -430,3 +430,21 @@ def test_the_driver_sees_each_shard_when_its_task_returns(ray_local):
     waited = time.perf_counter() - t0
     assert first["id"].tolist() == [0] and waited < 4, waited
     assert [b["id"].tolist() for b in batches] == [[1]]
+
+
+def test_the_benchmark_times_a_new_driver_on_the_running_cluster(ray_local, synth_archive, tmp_path):
+    """`benchmarks/extract.py`'s (b''): the job from a fresh driver process joined to this session's cluster writes
+    every clip and reports its rate against the loop's two rates it was given."""
+    import runpy
+    from pathlib import Path
+
+    new_driver_run = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "extract.py"))[
+        "new_driver_run"]
+    cfg = _cfg(synth_archive / "manifest.csv", tmp_path / "out")
+    out = new_driver_run(cfg, 2.0, 1.0, ray_local.get_runtime_context().gcs_address)
+    assert out["processed"] == 12 and out["first_shard_s"] > 0
+    assert out["clips_per_s"] == pytest.approx(12 / out["wall_s"], rel=0.02)
+    assert out["ratio"] == pytest.approx(out["clips_per_s"] / 2.0, rel=0.01)
+    assert out["ratio_e2e"] == pytest.approx(out["clips_per_s"] / 1.0, rel=0.01)
+    assert sorted(read_features(str(tmp_path / "out")).column("clip_id").to_pylist()) == sorted(
+        pd.read_csv(synth_archive / "manifest.csv")["clip_id"])

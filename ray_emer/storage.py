@@ -88,6 +88,21 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None, recursive: bool 
     return sorted(_to_uri(uri, p) for p in out)
 
 
+def file_sizes(uri: str, suffixes: Iterable[str] | None = None) -> dict[str, int]:
+    """``{uri: bytes}`` of the files directly under ``uri`` whose lower-cased name ends in a suffix (one listing,
+    no request per file)."""
+    fs, path = filesystem(uri)
+    try:
+        if not fs.isdir(path):
+            raise StorageError(f"{uri}: not a directory or prefix (or it does not exist)")
+        found = [e for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri}: does not exist") from exc
+    want = tuple(s.lower() for s in suffixes) if suffixes else None
+    return {_to_uri(uri, e["name"]): int(e.get("size") or 0) for e in found
+            if want is None or e["name"].lower().endswith(want)}
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:

@@ -40,6 +40,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
                tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-train", run_name="crashy"))
     summary = run_ray_training(cfg, log=lambda m: None, fault=(1, 3))
     assert summary["steps"] == 8 and len(summary["losses"]) == 8 and summary["engine"] == "ray"
+    assert summary["train_rows_cached"]  # the epochs (and the restarted group) iterate the rows read once
     # the restarted group began at the step-2 checkpoint, not at 0, with the state that was saved there: each
     # rank fingerprints its shards of weights and Adam moments, Adam's step count and the scheduler when saving,
     # and again after loading (rank 0's pair comes back; a mismatch on any rank fails the worker)
@@ -121,6 +122,7 @@ def test_a_stage_with_features_output_and_ray_storage_on_s3(ray_local, features,
                               scaling=dataclasses.replace(cfg.scaling, workers=1, storage_path=f"{s3_bucket}/ray"))
     summary = run_stage(cfg, log=lambda m: None)
     assert summary["steps"] == 4 and summary["checkpoint"] and summary["output"] == f"{s3_bucket}/stage1"
+    assert summary["train_rows_cached"]  # sized from one S3 listing
     written = {storage.basename(f) for f in storage.list_files(f"{s3_bucket}/ray")}
     assert {"train_state.json", "final_metrics.json"} <= written, written  # Ray Train's run storage is on S3
     model = load_checkpoint(f"{s3_bucket}/stage1")
@@ -146,3 +148,27 @@ def test_a_finished_stage_run_again_into_its_output_trains_anew(ray_local, featu
     assert [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]] == ["final"]
     assert (run / "final" / "final_metrics.json").is_file()
     assert sum("finished run" in m for m in logs) == 1, logs
+
+
+def test_small_training_data_is_read_once_for_every_epoch(ray_local, features, tmp_path):
+    """Within ``data.cache_mb`` the training rows are read once: with the feature files gone, two epochs still
+    yield every train row (Ray Data would otherwise run the read again each epoch); ``cache_mb: 0`` streams."""
+    import shutil
+
+    from ray_emer.train.loop import train_exclude, usable_row
+    from ray_emer.train.trainer import _dataset
+
+    copy = tmp_path / "features"
+    shutil.copytree(features, copy)
+    cfg = _cfg(copy, tmp_path / "out")
+    want = sorted(r["clip_id"] for r in read_features(str(copy)).to_pylist()
+                  if usable_row(r, cfg.data.train_split, train_exclude(cfg)))
+    logs: list[str] = []
+    ds, cached = _dataset(cfg, logs.append)
+    assert cached and any("read once" in m for m in logs), logs
+    shutil.rmtree(copy)
+    for _ in range(2):
+        assert sorted(r["clip_id"] for r in ds.iter_rows()) == want
+    shutil.copytree(features, copy)
+    ds, cached = _dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_mb=0)), logs.append)
+    assert not cached and sorted(r["clip_id"] for r in ds.iter_rows()) == want

@@ -59,6 +59,10 @@ class DataConfig:
     # micro-batch in one row (no padding at all, but attention over one long row: dearer where it is not
     # varlen, e.g. on CPU)
     pack_length: int = 1024
+    # engine ray: the training rows are read once and kept in Ray's object store for every epoch when their
+    # Parquet files total at most this many MB (and a quarter of the object store); larger ones are read from
+    # storage again each epoch (Ray Data re-runs the read, seconds per epoch). 0: always read again
+    cache_mb: int = 1024
 
 
 @dataclasses.dataclass

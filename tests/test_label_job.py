@@ -239,3 +239,30 @@ def test_cli_label_extracts_an_archive_first(ray_local, trained, tmp_path, capsy
                  "--output", str(tmp_path / "x")]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
     assert main(["label", "--input", str(out / "_features"), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_a_rerun_with_another_checkpoint_refuses_the_labels_it_would_keep(ray_local, trained, tmp_path):
+    """Resume skips clips already labelled; labels another checkpoint wrote there are refused with both model ids
+    (not kept and scored as this model's), and the output is left as it was."""
+    import shutil
+
+    from ray_emer.config import ConfigError
+    from ray_emer.data.label_job import run_label
+    from ray_emer.model.checkpoint import checkpoint_id
+
+    features = tmp_path / "features"
+    features.mkdir()
+    for part in sorted(Path(trained["heldout"]).glob("part-*.parquet"))[:3]:
+        shutil.copy(part, features)
+    out = tmp_path / "labels"
+    first = run_label(_cfg(str(features), str(out), trained["checkpoint"]), log=lambda m: None)
+    assert first["rows"] == 3
+    other = tmp_path / "retrained"
+    shutil.copytree(trained["checkpoint"], other)  # another name: another model id
+    before = sorted(p.name for p in out.glob("part-*.parquet"))
+    with pytest.raises(ConfigError, match="another model") as err:
+        run_label(_cfg(str(features), str(out), str(other)), log=lambda m: None)
+    assert checkpoint_id(trained["checkpoint"]) in str(err.value) and checkpoint_id(str(other)) in str(err.value)
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == before
+    again = run_label(_cfg(str(features), str(out), trained["checkpoint"]), log=lambda m: None)
+    assert again["processed"] == 0 and again["rows"] == 3  # the same model still resumes

@@ -14,15 +14,18 @@ from ray_emer.quickstart import QuickstartConfig, _synth, run_quickstart
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
+def _quick_cfg(out) -> QuickstartConfig:
+    return QuickstartConfig(out=str(out), coarse=_synth(24, 21, True, [1.0, 0.0, 0.0]),
+                            clean=_synth(24, 22, False, [0.8, 0.2, 0.0]), heldout=_synth(8, 23, False, [0.0, 0.0, 1.0]),
+                            stage1_steps=6, stage2_steps=6, worker_cpus=0.5, gallery=3,
+                            labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8))
+
+
 @pytest.fixture(scope="module")
 def quick(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
-    cfg = QuickstartConfig(out=str(out), coarse=_synth(24, 21, True, [1.0, 0.0, 0.0]),
-                           clean=_synth(24, 22, False, [0.8, 0.2, 0.0]), heldout=_synth(8, 23, False, [0.0, 0.0, 1.0]),
-                           stage1_steps=6, stage2_steps=6, worker_cpus=0.5, gallery=3,
-                           labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8))
     logs: list[str] = []
-    return run_quickstart(cfg, log=logs.append), logs, out
+    return run_quickstart(_quick_cfg(out), log=logs.append), logs, out
 
 
 def test_chain_summary_labels_and_report(quick):
@@ -80,3 +83,19 @@ def test_stage_config_takes_packing_from_the_quickstart_config():
     assert stage_config(QuickstartConfig(), *args).data.packing is False  # the quickstart's default (tiny, CPU)
     assert stage_config(QuickstartConfig(packing=True), *args).data.packing is True
     assert stage_config(QuickstartConfig(), *args).data.batch_size == QuickstartConfig().batch_size
+
+
+def test_run_again_over_its_folder_labels_with_the_new_model(quick):
+    """The README's "running it again starts afresh": the second run's stage 2 is a new model (its head differs),
+    and every label row is that model's, not the first run's kept by the label job's resume (last: it rewrites
+    the folder the tests above read)."""
+    import pyarrow.dataset as pads
+
+    from ray_emer.model.checkpoint import checkpoint_id
+
+    first, _, out = quick
+    logs: list[str] = []
+    again = run_quickstart(_quick_cfg(out), log=logs.append)
+    models = pads.dataset(again["labels"], format="parquet").to_table(columns=["model"]).column("model").to_pylist()
+    assert len(models) == 8 and set(models) == {checkpoint_id(again["stages"]["stage2"])}, set(models)
+    assert any("8 to do" in m for m in logs), [m for m in logs if "[label]" in m]

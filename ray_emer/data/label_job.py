@@ -110,6 +110,22 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
     return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu}
 
 
+def _check_same_model(output: str, done: set[str], model_id: str) -> None:
+    """A rerun skips the clips already labelled, so they must be this model's: labels another checkpoint wrote
+    (a retrained stage, say) would otherwise be kept and mixed with this one's, and scored as this model's."""
+    if not done:
+        return
+    rows = read_features(output, columns=["clip_id", "model"]).to_pylist()
+    other = sorted({r["model"] for r in rows if r["clip_id"] in done and r["model"] != model_id})
+    if other:
+        from ray_emer.config import ConfigError
+
+        n = sum(r["clip_id"] in done and r["model"] != model_id for r in rows)
+        raise ConfigError(f"{output} holds labels of {n} of these clips by another model ({', '.join(other[:3])}); "
+                          f"this checkpoint is {model_id}: label into another output, or remove that one first "
+                          "(a rerun only skips clips this same model labelled)")
+
+
 def read_labels(output: str) -> pd.DataFrame:
     """Every label row under ``output`` (one per clip id; the first written wins), as a DataFrame."""
     return read_features(output).to_pandas()
@@ -148,6 +164,7 @@ def run_label(cfg: LabelJobConfig, log=None) -> dict:
     done = done_clip_ids(cfg.output) & set(ids)
     todo = len(ids) - len(done)
     model_id = checkpoint_id(cfg.checkpoint)
+    _check_same_model(cfg.output, done, model_id)
     log(f"[label] {len(ids)} clips in {features}; {len(done)} already labelled in {cfg.output}; {todo} to do "
         f"(engine {cfg.labeller.engine}, model {model_id})")
     t1 = time.perf_counter()

@@ -41,7 +41,7 @@ class QuickstartConfig:
     workers: int = 1  # Ray Train workers (one is enough on 2 cores)
     worker_cpus: float = 1.0
     # sequence packing (data.packing) in both stages. Off here: for the tiny LLM on CPU, packed rows' masked
-    # attention costs a little more than the ~24% padding it saves (about 5-15% slower packed, measured)
+    # attention costs a little more than the ~24% padding it saves (about 14% slower packed in one process)
     packing: bool = False
     labeller: LabellerConfig = dataclasses.field(default_factory=lambda: LabellerConfig(batch_size=16))
     gallery: int = 6  # held-out clips shown on the report page

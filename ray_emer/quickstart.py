@@ -126,8 +126,7 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
                                        checkpoint=s2["output"], labeller=cfg.labeller, evaluate=True,
                                        actor_cpus=0.5, progress=False)
             if storage.exists(label_cfg.output):  # an earlier run's labels are an earlier model's: start afresh
-                fs, path = storage.filesystem(label_cfg.output)
-                fs.rm(path, recursive=True)
+                storage.remove_tree(label_cfg.output)
             labelled = run_label(label_cfg, log=log)
         with _stage("report", timings, log):
             report = _report(cfg, manifests["heldout"], read_labels(label_cfg.output), labelled["scores"],

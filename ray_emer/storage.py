@@ -76,31 +76,28 @@ def exists(uri: str) -> bool:
 
 def list_files(uri: str, suffixes: Iterable[str] | None = None, recursive: bool = True) -> list[str]:
     """Sorted URIs of the files under ``uri`` whose lower-cased name ends in a suffix."""
+    return sorted(file_sizes(uri, suffixes, recursive))
+
+
+def file_sizes(uri: str, suffixes: Iterable[str] | None = None, recursive: bool = True) -> dict[str, int]:
+    """``{uri: bytes}`` of the files under ``uri`` (``recursive=False``: directly in it) whose lower-cased name ends
+    in a suffix, from one detailed listing (no request per file)."""
     fs, path = filesystem(uri)
     try:
         if not fs.isdir(path):
             raise StorageError(f"{uri}: not a directory or prefix (or it does not exist)")
-        found = fs.find(path) if recursive else [p for p in fs.ls(path, detail=False) if fs.isfile(p)]
-    except FileNotFoundError as exc:
-        raise StorageError(f"{uri}: does not exist") from exc
-    want = tuple(s.lower() for s in suffixes) if suffixes else None
-    out = [p for p in found if want is None or p.lower().endswith(want)]
-    return sorted(_to_uri(uri, p) for p in out)
-
-
-def file_sizes(uri: str, suffixes: Iterable[str] | None = None) -> dict[str, int]:
-    """``{uri: bytes}`` of the files directly under ``uri`` whose lower-cased name ends in a suffix (one listing,
-    no request per file)."""
-    fs, path = filesystem(uri)
-    try:
-        if not fs.isdir(path):
-            raise StorageError(f"{uri}: not a directory or prefix (or it does not exist)")
-        found = [e for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+        found = list(fs.find(path, detail=True).values()) if recursive else fs.ls(path, detail=True)
     except FileNotFoundError as exc:
         raise StorageError(f"{uri}: does not exist") from exc
     want = tuple(s.lower() for s in suffixes) if suffixes else None
     return {_to_uri(uri, e["name"]): int(e.get("size") or 0) for e in found
-            if want is None or e["name"].lower().endswith(want)}
+            if e.get("type") == "file" and (want is None or e["name"].lower().endswith(want))}
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a directory or prefix and everything under it."""
+    fs, path = filesystem(uri)
+    fs.rm(path, recursive=True)
 
 
 def read_bytes(uri: str) -> bytes:

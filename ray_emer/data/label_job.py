@@ -116,12 +116,12 @@ def _check_same_model(output: str, done: set[str], model_id: str) -> None:
     if not done:
         return
     rows = read_features(output, columns=["clip_id", "model"]).to_pylist()
-    other = sorted({r["model"] for r in rows if r["clip_id"] in done and r["model"] != model_id})
+    other = [r["model"] for r in rows if r["clip_id"] in done and r["model"] != model_id]
     if other:
         from ray_emer.config import ConfigError
 
-        n = sum(r["clip_id"] in done and r["model"] != model_id for r in rows)
-        raise ConfigError(f"{output} holds labels of {n} of these clips by another model ({', '.join(other[:3])}); "
+        models = ", ".join(sorted(set(other))[:3])
+        raise ConfigError(f"{output} holds labels of {len(other)} of these clips by another model ({models}); "
                           f"this checkpoint is {model_id}: label into another output, or remove that one first "
                           "(a rerun only skips clips this same model labelled)")
 

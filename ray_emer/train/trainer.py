@@ -220,8 +220,7 @@ def _start_anew_if_finished(run_dir: str, log) -> None:
         return  # not a snapshot we can read: Ray reports what is wrong with it
     if latest.get("checkpoint_dir_name") != FINAL_CHECKPOINT:
         return
-    fs, path = storage.filesystem(run_dir)
-    fs.rm(path, recursive=True)
+    storage.remove_tree(run_dir)
     log(f"[train] {run_dir} held a finished run of this stage: removed it, this run starts anew "
         "(an interrupted run would resume)")
 
@@ -230,7 +229,7 @@ def _dataset(cfg: TrainConfig, log=print) -> tuple[ray.data.Dataset, bool]:
     """The training rows as a Ray dataset, and whether they are cached: read once and kept in the object store
     (``data.cache_mb``), since Ray Data otherwise re-runs the whole read for every epoch (2-4 s an epoch on a
     small machine, which for a small dataset of many epochs cost as much as the training steps)."""
-    sizes = storage.file_sizes(cfg.features, suffixes=[".parquet"])
+    sizes = storage.file_sizes(cfg.features, suffixes=[".parquet"], recursive=False)
     files = sorted(f for f in sizes if storage.basename(f).startswith("part-"))
     cols = ["clip_id", "subtitle", "description", "labels", "split", "status", "has_video", "has_audio",
             "video_feats", "audio_feats"]

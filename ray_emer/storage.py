@@ -31,10 +31,15 @@ def is_remote(uri: str) -> bool:
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem and the path inside it for ``uri``."""
+    """fsspec filesystem and the path inside it for ``uri``.
+
+    S3 listings are never cached: s3fs keeps each process's directory listings by default, so a process that
+    listed a prefix (a job's driver looking for finished shards) and let other processes write under it (Ray
+    workers) would keep answering from the old listing. Every ``exists`` / ``isdir`` / listing here asks the store.
+    """
     uri = str(uri)
     if is_remote(uri):
-        fs = fsspec.filesystem("s3")
+        fs = fsspec.filesystem("s3", use_listings_cache=False)
         return fs, uri.split("://", 1)[1]
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
 

@@ -88,9 +88,6 @@ def s3_bucket(s3_endpoint, request):
 
     name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    import fsspec
-
-    fsspec.filesystem("s3").invalidate_cache()
     return f"s3://{name}"
 
 

@@ -62,3 +62,27 @@ def test_s3_parquet_through_pyarrow_fs(s3_bucket):
     fs2, path2 = storage.arrow_filesystem(uri)
     assert pq.read_table(path2, filesystem=fs2).column("a").to_pylist() == [1, 2]
     assert storage.list_files(s3_bucket + "/tables") == [uri]
+
+
+@pytest.mark.integration
+def test_s3_listing_sees_what_another_process_wrote(s3_bucket):
+    """A job's driver lists its output, Ray workers (other processes) write shards under it, the driver lists
+    again: it must see them. s3fs's per-process listing cache answered the second look from the first."""
+    import subprocess
+    import sys
+
+    root = s3_bucket + "/out"
+    storage.write_text(storage.join(root, "part-a.parquet"), "a")
+    assert [storage.basename(f) for f in storage.list_files(root)] == ["part-a.parquet"]
+    assert not storage.exists(storage.join(root, "part-b.parquet"))
+    empty = s3_bucket + "/later"
+    assert not storage.exists(empty)
+    code = ("import sys; from ray_emer import storage; "
+            "[storage.write_text(u, 'b') for u in sys.argv[1:]]")
+    subprocess.run([sys.executable, "-c", code, storage.join(root, "part-b.parquet"),
+                    storage.join(empty, "part-c.parquet")], check=True, timeout=120)
+    assert [storage.basename(f) for f in storage.list_files(root)] == ["part-a.parquet", "part-b.parquet"]
+    assert storage.exists(storage.join(root, "part-b.parquet"))
+    assert set(storage.file_sizes(root, recursive=False)) == {storage.join(root, "part-a.parquet"),
+                                                               storage.join(root, "part-b.parquet")}
+    assert storage.exists(empty) and storage.list_files(empty) == [storage.join(empty, "part-c.parquet")]

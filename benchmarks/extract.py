@@ -115,7 +115,7 @@ def cpu_by_role(before: dict[int, tuple[str, float]], seen: dict[int, tuple[str,
 
 def _decode_only(args):
     rec, media = args
-    from ray_emer.data.features import decode_row
+    from ray_emer.features.decode import decode_row
 
     return decode_row(rec, media)["status"]
 
@@ -146,7 +146,8 @@ def main() -> None:
 
     import ray
 
-    from ray_emer.data.features import ExtractConfig, effective_media, extract_sequential, pending_records
+    from ray_emer.data.extraction import ExtractConfig, extract_sequential, pending
+    from ray_emer.features.encoder import effective_media
     from ray_emer.synthetic import SynthConfig, write_archive
 
     work = args.workdir or tempfile.mkdtemp(prefix="ray_emer_bench_")
@@ -168,8 +169,9 @@ def main() -> None:
     print(f"(a) sequential loop: {seq['processed']} clips, {seq['clips_per_s']:.1f} clips/s in the loop, "
           f"{seq['start_s']:.1f} s before it (building the encoders, listing the work)")
 
-    media = effective_media(seq_cfg)
-    records, total, _ = pending_records(ExtractConfig(output=os.path.join(work, "none"), **base))
+    media = effective_media(seq_cfg.preset, seq_cfg.media)
+    todo, total, _ = pending(ExtractConfig(output=os.path.join(work, "none"), **base))
+    records = todo.to_pylist()
     ceiling = decode_ceiling(records, media, args.cpus)
     # the loop's rate over the Ray job's clips with its start-up counted once, as the Ray job's start-up is
     seq_e2e = len(records) / (seq["start_s"] + len(records) / seq["clips_per_s"])
@@ -281,7 +283,7 @@ def new_driver_run(cfg, seq_clips_per_s: float, seq_e2e: float, address: str) ->
 
     shutil.rmtree(cfg.output, ignore_errors=True)
     code = ("import json, sys, time, ray\n"
-            "from ray_emer.data.features import ExtractConfig\n"
+            "from ray_emer.data.extraction import ExtractConfig\n"
             "from ray_emer.data.pipeline import run_extract\n"
             "ray.init(address=sys.argv[1], log_to_driver=False)\n"
             "t0 = time.perf_counter()\n"

@@ -291,7 +291,10 @@ def labeller_config(engine: str, sh: Shape, ckpt: str, base=None, batch_size: in
 def extraction(sh: Shape, work: str, rec: dict, opts: dict) -> None:
     import ray
 
-    from ray_emer.data.features import ExtractConfig, FeatureEncoder, decode_row, effective_media, stack_rows
+    from ray_emer.data.extraction import ExtractConfig
+    from ray_emer.features.columns import to_columns
+    from ray_emer.features.decode import decode_row
+    from ray_emer.features.encoder import FeatureEncoder, effective_media
     from ray_emer.data.manifest import read_manifest
     from ray_emer.data.pipeline import run_extract
     from ray_emer.synthetic import SynthConfig
@@ -311,7 +314,7 @@ def extraction(sh: Shape, work: str, rec: dict, opts: dict) -> None:
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         ecfg.num_encoders = max(1, gpus)
-        media = effective_media(ecfg)
+        media = effective_media(ecfg.preset, ecfg.media)
         rec["shape"] = {"preset": sh.preset, "init": "random", "vision": cfg.encoders.vision_name or "tiny CLIP",
                         "audio": cfg.encoders.audio_name or "tiny HuBERT", "clips": sh.clips,
                         "clip_px": SynthConfig().size,
@@ -339,7 +342,7 @@ def extraction(sh: Shape, work: str, rec: dict, opts: dict) -> None:
             ray.shutdown()
     # the frozen encoders alone on decoded clips (the job's batch size), in this process on one device
     records = read_manifest(manifest).to_pylist()[: ecfg.encode_batch_size]
-    decoded = stack_rows([decode_row(r, media) for r in records])
+    decoded = to_columns([decode_row(r, media) for r in records])
     encoder = FeatureEncoder(preset, media)
     encoder.encode_batch(decoded)  # warm-up (allocator, kernels)
     n, t0 = 0, time.perf_counter()
@@ -466,9 +469,9 @@ def label_rows(sh: Shape, work: str) -> tuple[list[dict], str]:
 
     feats = features_dir(work)
     if feats:
-        from ray_emer.data.features import read_features
+        from ray_emer.features.shards import read_shards
 
-        base = feature_rows(read_features(feats), "")
+        base = feature_rows(read_shards(feats), "")
         if base:
             rows = [dict(base[i % len(base)], clip_id=f"c{i:05d}") for i in range(sh.label_clips)]
             return rows, "extraction features"

@@ -21,7 +21,10 @@ import os
 import tempfile
 import time
 
-from ray_emer.data.features import ExtractConfig, FeatureEncoder, decode_row, feature_batch, stack_rows
+from ray_emer.data.extraction import ExtractConfig
+from ray_emer.features.columns import to_columns
+from ray_emer.features.decode import decode_row
+from ray_emer.features.encoder import FeatureEncoder
 from ray_emer.data.manifest import read_manifest
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.media import MediaConfig
@@ -47,8 +50,7 @@ def published(manifest: str, ckpt: str, labeller: LabellerConfig, n: int) -> dic
     lab = Labeller(ckpt, dataclasses.replace(labeller, engine="hf", batch_size=1))
     t0, tokens = time.perf_counter(), 0
     for rec in records:
-        table = encoder.encode_batch(stack_rows([decode_row(rec, media)]))
-        rows = lab.label_batch(feature_batch(table))
+        rows = lab.label_batch(encoder.encode_batch(to_columns([decode_row(rec, media)])))
         tokens += sum(r["generated_tokens"] for r in rows)
     wall = time.perf_counter() - t0
     return {"clips": len(records), "wall_s": wall, "clips_per_s": len(records) / wall, "tokens_per_s": tokens / wall}

@@ -18,7 +18,8 @@ import os
 import statistics
 import tempfile
 
-from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.shards import read_shards
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import TrainableConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, write_archive
@@ -52,7 +53,7 @@ def main() -> None:
     coarse = features(work, "coarse", SynthConfig(clips=args.clips, seed=21, coarse=True, noise=0.3,
                                                   split_fractions=[1.0, 0.0, 0.0]))
     clean = features(work, "clean", SynthConfig(clips=args.clips, seed=22, split_fractions=[0.6, 0.1, 0.3]))
-    test_rows = feature_rows(read_features(clean), "test")
+    test_rows = feature_rows(read_shards(clean), "test")
     base = TrainConfig(max_steps=args.steps, log_every=0, val_samples=0, data=DataConfig(batch_size=8),
                        optim=OptimConfig(lr=args.lr, warmup_steps=10), trainable=TrainableConfig(llm=args.llm),
                        scaling=ScalingConfig(engine="local"), tracking=TrackingConfig(enabled=False))

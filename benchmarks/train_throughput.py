@@ -48,16 +48,11 @@ import time
 import numpy as np
 import torch
 
-from ray_emer.data.features import (
-    ExtractConfig,
-    FeatureEncoder,
-    decode_row,
-    effective_media,
-    extract_sequential,
-    feature_arrays,
-    read_features,
-    stack_rows,
-)
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.columns import to_columns
+from ray_emer.features.decode import decode_row
+from ray_emer.features.encoder import FeatureEncoder, effective_media
+from ray_emer.features.shards import read_shards
 from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import AffectGPTConfig, get_preset, resolve_model_config
@@ -129,7 +124,7 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
     llm = per_step[1] - layer + n_layers * layer
     encoder = FeatureEncoder(enc_dir, media)
     t0 = time.perf_counter()
-    decoded = stack_rows([decode_row(records[r["clip_id"]], media) for r in chunk])
+    decoded = to_columns([decode_row(records[r["clip_id"]], media) for r in chunk])
     decode_s = time.perf_counter() - t0
     encoder.encode_batch(decoded)
     t0 = time.perf_counter()
@@ -289,9 +284,9 @@ def published_comparison(args) -> dict:
     ecfg = ExtractConfig(input=manifest, output=os.path.join(work, "features"), preset=preset, progress=False)
     if not os.path.isdir(ecfg.output):
         extract_sequential(ecfg)
-    rows = feature_rows(read_features(ecfg.output), "")
+    rows = feature_rows(read_shards(ecfg.output), "")
     records = {r["clip_id"]: r for r in read_manifest(manifest).to_pylist()}
-    media = dataclasses.replace(effective_media(ecfg), frame_size=args.published_frame_size)
+    media = dataclasses.replace(effective_media(ecfg.preset, ecfg.media), frame_size=args.published_frame_size)
     encoder = FeatureEncoder(preset, media)
 
     torch.manual_seed(0)
@@ -303,11 +298,10 @@ def published_comparison(args) -> dict:
         return [rows[i] for i in pick.sample(range(len(rows)), args.batch_size)]
 
     def published_batch(chunk):
-        decoded = stack_rows([decode_row(records[r["clip_id"]], media) for r in chunk])
-        table = encoder.encode_batch(decoded)  # the frozen encoders, again, at every step
+        decoded = to_columns([decode_row(records[r["clip_id"]], media) for r in chunk])
+        feats = encoder.encode_batch(decoded)  # the frozen encoders, again, at every step
         batch = stack_batch(chunk)
-        batch["video_feats"], batch["audio_feats"] = feature_arrays(table, "video_feats"), feature_arrays(table,
-                                                                                                       "audio_feats")
+        batch["video_feats"], batch["audio_feats"] = feats["video_feats"], feats["audio_feats"]
         return batch
 
     def published_parallel():
@@ -315,17 +309,16 @@ def published_comparison(args) -> dict:
         chunks = [sample() for _ in range(args.steps + 1)]
         loader = torch.utils.data.DataLoader(
             [records[r["clip_id"]] for chunk in chunks for r in chunk], batch_size=args.batch_size,
-            num_workers=args.loader_workers, collate_fn=lambda recs: stack_rows([decode_row(r, media) for r in recs]),
+            num_workers=args.loader_workers, collate_fn=lambda recs: to_columns([decode_row(r, media) for r in recs]),
             prefetch_factor=2 if args.loader_workers else None)
         it = iter(loader)
         chunk_it = iter(chunks)
 
         def make():
             chunk, decoded = next(chunk_it), next(it)
-            table = encoder.encode_batch(decoded)
+            feats = encoder.encode_batch(decoded)
             batch = stack_batch(chunk)
-            batch["video_feats"] = feature_arrays(table, "video_feats")
-            batch["audio_feats"] = feature_arrays(table, "audio_feats")
+            batch["video_feats"], batch["audio_feats"] = feats["video_feats"], feats["audio_feats"]
             return batch
 
         t0 = time.perf_counter()

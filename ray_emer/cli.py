@@ -105,7 +105,7 @@ COMMANDS: tuple[Command, ...] = (
                      help="packets the decoder rejects are skipped (skipped_packets); fail only when less than "
                           "this share of the video or audio packets decoded (default 0.5)")),
             output=lambda result, args: json.dumps(result) if args.json else _key_value_lines(result)),
-    Command(("manifest",), "ray_emer.data.manifest:build_manifest",
+    Command(("manifest",), "ray_emer.data.published:build_manifest",
             "read a folder / s3 prefix / CSV / Parquet into a manifest, optionally from a published layout",
             "Build a manifest (one row per clip) from videos, or, with --reasons and/or --openset, from the published "
             "EMER / MER-Caption / OV-MERD CSVs matched by name to the videos of INPUT (by file stem; a video extension "
@@ -137,7 +137,7 @@ COMMANDS: tuple[Command, ...] = (
             "encoders; writes OUTPUT/part-*.parquet (one row per clip: clip_id, status, error, video_feats, "
             "audio_feats, ...). Bad clips become error rows; a rerun skips clip ids already written. Joins a "
             "running Ray cluster (RAY_ADDRESS, ray job submit) or starts a local one.",
-            config="ray_emer.data.features:ExtractConfig",
+            config="ray_emer.data.extraction:ExtractConfig",
             flags=(F("--input", to="input", help="folder, s3:// prefix, or .csv/.tsv/.parquet manifest"),
                    F("--output", to="output", help="directory or s3:// prefix for the Parquet shards"),
                    F("--preset", to="preset",
@@ -222,7 +222,7 @@ COMMANDS: tuple[Command, ...] = (
                    F("--labels", required=True, help="published merbench label CSV"),
                    F("--seed", type=int, default=0, help="seed of the selection/report split"),
                    F("--output"), PARSING, *WHEEL, *REPORT)),
-    Command(("evaluate", "extract"), "ray_emer.eval.flows:extract_labels",
+    Command(("evaluate", "extract"), "ray_emer.infer.text_labels:extract_labels",
             "descriptions -> open-vocabulary labels (+ lexicon sentiment)",
             flags=(F("--descriptions", required=True, help="CSV with name and a description column"),
                    F("--column", default="description", help="description column (default description)"),

@@ -98,7 +98,7 @@ def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: 
 
 
 def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
-    from ray_emer.data.features import ExtractConfig
+    from ray_emer.data.extraction import ExtractConfig
     from ray_emer.data.label_job import LabelJobConfig, read_labels, run_label
     from ray_emer.data.pipeline import run_extract
     from ray_emer.tracking import parent_run

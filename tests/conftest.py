@@ -171,7 +171,7 @@ def bad_media(tmp_path_factory) -> Path:
 def synthetic_features(root: Path, cfg) -> Path:
     """A synthetic archive under ``root/archive`` and its tiny-encoder features under ``root/features``
     (sequential extraction: no Ray needed)."""
-    from ray_emer.data.features import ExtractConfig, extract_sequential
+    from ray_emer.data.extraction import ExtractConfig, extract_sequential
     from ray_emer.synthetic import write_archive
 
     manifest = write_archive(str(root / "archive"), cfg)

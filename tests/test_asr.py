@@ -22,7 +22,8 @@ import pytest
 
 from ray_emer.asr import AsrConfig, AsrError, PocketSphinxTranscriber, build_transcriber, check_config
 from ray_emer.cli import main
-from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.shards import read_shards
 from ray_emer.media import MediaConfig, load_audio
 from ray_emer.synthetic import encode_clip
 
@@ -148,11 +149,11 @@ def test_asr_settings_that_cannot_work_fail_before_any_clip(tmp_path, capsys):
 
 # ---------------------------------------------------------------- extraction
 def test_audio_handed_to_whisper_survives_batching_byte_for_byte():
-    from ray_emer.data.features import stack_rows
+    from ray_emer.features.columns import to_columns
 
     waves = [np.concatenate([tone(220, 0.5), np.zeros(SR // 4, np.float32)]).astype(np.float16),  # ends in zeros
              np.zeros(0, np.float16), tone(880, 0.3).astype(np.float16)]
-    batch = stack_rows([{"asr_wave": w.tobytes(), "status": "ok"} for w in waves])
+    batch = to_columns([{"asr_wave": w.tobytes(), "status": "ok"} for w in waves])
     for wave, data in zip(waves, batch["asr_wave"], strict=True):
         assert np.array_equal(np.frombuffer(data, np.float16), wave)
 
@@ -186,7 +187,7 @@ WHISPER_EXPECTED = {"hello": ("hello", "asr"), "world": ("world", "asr"), "both"
 
 
 def _rows(output: str) -> dict[str, tuple]:
-    table = read_features(output, columns=["clip_id", "subtitle", "subtitle_source", "status"])
+    table = read_shards(output, columns=["clip_id", "subtitle", "subtitle_source", "status"])
     return {r["clip_id"]: (r["subtitle"] or None, r["subtitle_source"], r["status"]) for r in table.to_pylist()}
 
 

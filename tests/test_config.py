@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 
 from ray_emer.config import ConfigError, from_dict, load_config, parse_override, to_dict
-from ray_emer.data.features import ExtractConfig
+from ray_emer.data.extraction import ExtractConfig
 from ray_emer.data.label_job import LabelJobConfig
 from ray_emer.quickstart import QuickstartConfig
 from ray_emer.train.loop import TrainConfig

@@ -17,7 +17,9 @@ import pytest
 
 from ray_emer.cli import main
 from ray_emer.config import ConfigError
-from ray_emer.data.features import ExtractConfig, decode_row, extract_sequential, read_features
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.decode import decode_row
+from ray_emer.features.shards import read_shards
 from ray_emer.media import MediaConfig, MediaError, decode_clip
 from ray_emer.schema import feature_schema
 
@@ -234,7 +236,7 @@ def test_feature_rows_carry_skipped_packets(clips, tmp_path):
     manifest.write_text(f"clip_id,video_uri\na,{damaged}\nb,{tmp_path / 'missing.mp4'}\n")
     cfg = ExtractConfig(input=str(manifest), output=str(tmp_path / "features"), progress=False)
     extract_sequential(cfg)
-    table = read_features(str(tmp_path / "features"), columns=["clip_id", "status", "skipped_packets"])
+    table = read_shards(str(tmp_path / "features"), columns=["clip_id", "status", "skipped_packets"])
     assert table.schema.field("skipped_packets").type == "int32"
     rows = {r["clip_id"]: r for r in table.to_pylist()}
     assert rows["a"]["status"] == "ok" and rows["a"]["skipped_packets"] == 3

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import BAD_MEDIA_EXPECTED, BAD_MEDIA_MAX_DURATION_S
 from ray_emer.cli import main
-from ray_emer.data.features import ExtractConfig, extract_sequential, feature_arrays, read_features
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.shards import feature_arrays, read_shards
 from ray_emer.media import MediaConfig
 from ray_emer.media.faces import face_frames
 
@@ -51,7 +52,7 @@ def test_rows_in_equal_rows_out_with_reasons(extracted, mixed_manifest):
     out, summary, logs = extracted
     n_in = len(pd.read_csv(mixed_manifest))
     assert summary["clips"] == summary["processed"] == n_in == 23
-    table = read_features(str(out))
+    table = read_shards(str(out))
     assert table.num_rows == n_in and len(set(table.column("clip_id").to_pylist())) == n_in
     rows = {r["clip_id"]: r for r in table.drop(["video_feats", "audio_feats"]).to_pylist()}
     for name, (kind, expect) in BAD_MEDIA_EXPECTED.items():
@@ -91,7 +92,7 @@ def test_pipeline_features_equal_the_sequential_loop(extracted, synth_archive, t
     assert summary["layout"] == "fused"  # CPU only: actors decode, encode and write their own batches
     seq = extract_sequential(_cfg(synth_archive / "manifest.csv", tmp_path / "seq"), limit=3)
     assert seq["processed"] == 3 and seq["start_s"] > 0  # the benchmark counts the loop's start-up apart
-    a, b = read_features(str(tmp_path / "seq")), read_features(str(out))
+    a, b = read_shards(str(tmp_path / "seq")), read_shards(str(out))
     ids = a.column("clip_id").to_pylist()
     bmap = {c: i for i, c in enumerate(b.column("clip_id").to_pylist())}
     va, vb = feature_arrays(a, "video_feats"), feature_arrays(b, "video_feats")
@@ -120,7 +121,7 @@ def test_interrupted_run_resumes_with_exactly_one_row_per_clip(ray_local, mixed_
     (out / ".tmp-crashed").write_bytes(b"PAR1 half a shard")
     second = run_extract(_cfg(mixed_manifest, out), log=lambda m: None)
     assert second["skipped"] == 23 - lost_rows and second["processed"] == lost_rows
-    table = read_features(str(out))
+    table = read_shards(str(out))
     ids = pads.dataset(str(out), format="parquet").to_table(columns=["clip_id"]).column("clip_id").to_pylist()
     assert len(ids) == len(set(ids)) == table.num_rows == 23
     third = run_extract(_cfg(mixed_manifest, out), log=lambda m: None)
@@ -139,7 +140,7 @@ def test_s3_in_and_out(ray_local, s3_bucket):
     manifest = write_archive(f"{s3_bucket}/archive", SynthConfig(clips=5, seed=3))
     summary = run_extract(_cfg(manifest, f"{s3_bucket}/features"), log=lambda m: None)
     assert summary["ok"] == 5
-    table = read_features(f"{s3_bucket}/features")
+    table = read_shards(f"{s3_bucket}/features")
     assert table.num_rows == 5 and set(table.column("status").to_pylist()) == {"ok"}
     assert feature_arrays(table, "audio_feats").shape == (5, 8, 32)
 
@@ -154,7 +155,7 @@ def test_cli_extract_prints_progress_and_summary(ray_local, synth_archive, tmp_p
     assert summary["clips"] == 12 and summary["ok"] == 12
     assert "[extract] 12/12 clips" in cap.err
     assert "manifest.csv: reading the clips through it" in cap.err  # the folder's labels are kept
-    assert all(read_features(str(tmp_path / "f"), columns=["clip_id", "labels"]).column("labels").to_pylist())
+    assert all(read_shards(str(tmp_path / "f"), columns=["clip_id", "labels"]).column("labels").to_pylist())
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")
@@ -206,12 +207,14 @@ def test_face_crop_option_records_faces(synth_archive):
 
 
 def test_traced_encoders_compute_exactly_what_the_transformers_towers_compute(synth_archive):
-    from ray_emer.data.features import FeatureEncoder, decode_row, effective_media, scripted_encoders, stack_rows
+    from ray_emer.features.columns import to_columns
+    from ray_emer.features.decode import decode_row
+    from ray_emer.features.encoder import FeatureEncoder, effective_media, scripted_encoders
     from ray_emer.data.manifest import read_manifest
 
     cfg = _cfg(synth_archive / "manifest.csv", "unused")
-    media = effective_media(cfg)
-    decoded = stack_rows([decode_row(r, media) for r in read_manifest(cfg.input).to_pylist()[:5]])
+    media = effective_media(cfg.preset, cfg.media)
+    decoded = to_columns([decode_row(r, media) for r in read_manifest(cfg.input).to_pylist()[:5]])
     traced_dir = scripted_encoders("tiny", media)
     assert scripted_encoders("tiny", media) == traced_dir  # cached: traced once per machine and config
     assert traced_dir.startswith(os.environ["RAY_EMER_HOME"])
@@ -233,11 +236,11 @@ def test_an_actor_with_traced_encoders_never_imports_transformers(synth_archive)
     import subprocess
     import sys
 
-    from ray_emer.data.features import effective_media, scripted_encoders
+    from ray_emer.features.encoder import effective_media, scripted_encoders
 
-    traced_dir = scripted_encoders("tiny", effective_media(_cfg(synth_archive / "manifest.csv", "unused")))
+    traced_dir = scripted_encoders("tiny", effective_media("tiny", _cfg(synth_archive / "manifest.csv", "unused").media))
     code = ("import sys\n"
-            "from ray_emer.data.features import FeatureEncoder\n"
+            "from ray_emer.features.encoder import FeatureEncoder\n"
             "from ray_emer.media import MediaConfig\n"
             f"enc = FeatureEncoder('tiny', MediaConfig(frame_size=32), scripted={traced_dir!r})\n"
             "print(enc.encoders.scripted, 'transformers' in sys.modules, 'torch._dynamo' in sys.modules)\n")
@@ -255,7 +258,7 @@ def test_split_layout_writes_the_same_rows_as_the_fused_one(extracted, mixed_man
     split = run_extract(_cfg(mixed_manifest, tmp_path / "split", fused_cpu=False), log=lambda m: None)
     assert split["layout"] == "split" and split["scripted_encoders"] and split["encoder_loads"] == 1  # one actor
     assert {k: split[k] for k in ("processed", "ok", "error")} == {k: fused[k] for k in ("processed", "ok", "error")}
-    a, b = read_features(str(fused_out)), read_features(str(tmp_path / "split"))
+    a, b = read_shards(str(fused_out)), read_shards(str(tmp_path / "split"))
     a, b = (t.sort_by("clip_id") for t in (a, b))
     for col in ("clip_id", "status", "error", "has_video", "has_audio", "subtitle_source"):
         assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
@@ -292,9 +295,9 @@ def test_a_worker_keeps_its_encoders_for_keep_s_then_drops_them(synth_archive):
     cancels a pending release."""
     from ray_emer.asr import AsrConfig
     from ray_emer.data import pipeline
-    from ray_emer.data.features import effective_media, scripted_encoders
+    from ray_emer.features.encoder import effective_media, scripted_encoders
 
-    media = effective_media(_cfg(synth_archive / "manifest.csv", "unused"))
+    media = effective_media("tiny", _cfg(synth_archive / "manifest.csv", "unused").media)
     traced = scripted_encoders("tiny", media)
     enc, loaded = pipeline._worker_encoder("tiny", media, AsrConfig(), traced)
     assert loaded and enc.encoders.scripted
@@ -321,11 +324,12 @@ def test_the_fused_task_starts_on_torch_alone(ray_local, synth_archive, tmp_path
     import ray
 
     from ray_emer.asr import AsrConfig
-    from ray_emer.data.features import effective_media, pending_records, scripted_encoders
+    from ray_emer.data.extraction import pending
+    from ray_emer.features.encoder import effective_media, scripted_encoders
 
     cfg = _cfg(synth_archive / "manifest.csv", tmp_path / "f")
-    media = effective_media(cfg)
-    records = np.array([json.dumps(r, default=str) for r in pending_records(cfg)[0][:2]], dtype=object)
+    media = effective_media(cfg.preset, cfg.media)
+    records = pending(cfg)[0].slice(0, 2)  # manifest rows as Arrow columns, as Ray Data hands them to the task
 
     def probe(batch, *args):
         import sys
@@ -339,7 +343,7 @@ def test_the_fused_task_starts_on_torch_alone(ray_local, synth_archive, tmp_path
 
     # a runtime env of its own: Ray starts a new worker process for it (no pooled worker that ran other tests)
     task = ray.remote(num_cpus=0, runtime_env={"env_vars": {"RAY_EMER_TEST_FRESH_WORKER": "1"}})(probe)
-    got = ray.get(task.remote({"record": records}, "tiny", media, str(tmp_path / "f"), AsrConfig(),
+    got = ray.get(task.remote(records, "tiny", media, str(tmp_path / "f"), AsrConfig(),
                               scripted_encoders("tiny", media), 0.0, 1), timeout=120)
     assert got == (["ok", "ok"], True, [])
     assert len(list((tmp_path / "f").glob("part-*.parquet"))) == 2  # one shard per shard_rows (1) rows
@@ -350,11 +354,11 @@ def test_a_cached_trace_costs_the_driver_no_torch_import(synth_archive):
     import subprocess
     import sys
 
-    from ray_emer.data.features import effective_media, scripted_encoders
+    from ray_emer.features.encoder import effective_media, scripted_encoders
 
-    traced_dir = scripted_encoders("tiny", effective_media(_cfg(synth_archive / "manifest.csv", "unused")))
+    traced_dir = scripted_encoders("tiny", effective_media("tiny", _cfg(synth_archive / "manifest.csv", "unused").media))
     code = ("import sys\n"
-            "from ray_emer.data.features import scripted_encoders\n"
+            "from ray_emer.features.encoder import scripted_encoders\n"
             "from ray_emer.media import MediaConfig\n"
             "print(scripted_encoders('tiny', MediaConfig(frame_size=32)), 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -389,7 +393,7 @@ def test_a_batch_written_again_replaces_its_own_shard(tmp_path):
     rows, and a different batch gets a shard of its own."""
     import pyarrow as pa
 
-    from ray_emer.data.features import write_shard
+    from ray_emer.features.shards import write_shard
 
     t = pa.table({"clip_id": ["a", "b"], "status": ["ok", "ok"]})
     first = write_shard(t, str(tmp_path))
@@ -446,5 +450,5 @@ def test_the_benchmark_times_a_new_driver_on_the_running_cluster(ray_local, synt
     assert out["clips_per_s"] == pytest.approx(12 / out["wall_s"], rel=0.02)
     assert out["ratio"] == pytest.approx(out["clips_per_s"] / 2.0, rel=0.01)
     assert out["ratio_e2e"] == pytest.approx(out["clips_per_s"] / 1.0, rel=0.01)
-    assert sorted(read_features(str(tmp_path / "out")).column("clip_id").to_pylist()) == sorted(
+    assert sorted(read_shards(str(tmp_path / "out")).column("clip_id").to_pylist()) == sorted(
         pd.read_csv(synth_archive / "manifest.csv")["clip_id"])

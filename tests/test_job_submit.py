@@ -102,7 +102,7 @@ def test_documented_submit_needs_and_uses_token_auth(ray_head, tmp_path):
 
     import numpy as np
 
-    from ray_emer.data.features import feature_arrays, read_features
+    from ray_emer.features.shards import feature_arrays, read_shards
     from ray_emer.synthetic import write_archive
 
     url, env = ray_head
@@ -127,7 +127,7 @@ def test_documented_submit_needs_and_uses_token_auth(ray_head, tmp_path):
     summary = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
     assert summary["ok"] == EXTRACT_CLIPS and summary["error"] == 0, summary
     assert json.loads((out / "_summary.json").read_text())["ok"] == EXTRACT_CLIPS
-    table = read_features(str(out))
+    table = read_shards(str(out))
     wanted = {row["clip_id"] for row in csv.DictReader(manifest.open())}
     assert sorted(table.column("clip_id").to_pylist()) == sorted(wanted) and len(wanted) == EXTRACT_CLIPS
     assert set(table.column("status").to_pylist()) == {"ok"}

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import BAD_MEDIA_EXPECTED, BAD_MEDIA_MAX_DURATION_S
 from ray_emer.cli import main
-from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+from ray_emer.data.extraction import ExtractConfig, extract_sequential
+from ray_emer.features.shards import read_shards
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
 from ray_emer.model.config import TrainableConfig
@@ -196,7 +197,7 @@ def test_labels_s3_in_and_out(ray_local, trained, s3_bucket):  # its own bucket 
     from ray_emer.data.label_job import read_labels, run_label
     from ray_emer import storage
 
-    table = read_features(trained["heldout"])
+    table = read_shards(trained["heldout"])
     head = table.slice(0, 6)
     import io
 
@@ -229,7 +230,7 @@ def test_cli_label_extracts_an_archive_first(ray_local, trained, tmp_path, capsy
     assert rc == 0, cap.err[-2000:]
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["rows"] == 5 and summary["ok"] == 4 and summary["error"] == 1 and summary["extract"]["ok"] == 4
-    assert summary["features"] == str(out / "_features") and read_features(str(out / "_features")).num_rows == 5
+    assert summary["features"] == str(out / "_features") and read_shards(str(out / "_features")).num_rows == 5
     table = pads.dataset(str(out), format="parquet").to_table()  # the label shards alone
     assert table.num_rows == 5
     broken = [r for r in table.to_pylist() if r["clip_id"] == "broken"][0]

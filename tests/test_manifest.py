@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_emer import storage
-from ray_emer.data.manifest import ManifestError, assign_splits, build_manifest, join_published, read_manifest
+from ray_emer.data.manifest import ManifestError, read_manifest
+from ray_emer.data.published import assign_splits, build_manifest, join_published
 from ray_emer.schema import MANIFEST_SCHEMA
 
 
@@ -124,10 +125,11 @@ def _openset_cell(labels) -> str:
 
 
 def _features(manifest: str, out) -> pa.Table:
-    from ray_emer.data.features import ExtractConfig, extract_sequential, read_features
+    from ray_emer.data.extraction import ExtractConfig, extract_sequential
+    from ray_emer.features.shards import read_shards
 
     summary = extract_sequential(ExtractConfig(input=manifest, output=str(out), progress=False))
-    table = read_features(str(out))
+    table = read_shards(str(out))
     assert summary["clips"] == table.num_rows  # rows in == rows out
     return table
 

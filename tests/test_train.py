@@ -12,7 +12,7 @@ import torch
 
 from ray_emer.cli import main
 from conftest import synthetic_features
-from ray_emer.data.features import read_features
+from ray_emer.features.shards import read_shards
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import get_preset
@@ -55,7 +55,7 @@ def synth_features(tmp_path_factory):
 
 def test_collate_builds_prompts_targets_and_drops_modalities(synth_features):
     model = AffectGPT.build(get_preset("tiny"))
-    rows = feature_rows(read_features(str(synth_features)), "train")
+    rows = feature_rows(read_shards(str(synth_features)), "train")
     batch = next(batches(rows, 4, random.Random(0)))
     mb = model.processor.from_rows(batch)
     assert len(mb) == 4 and mb.video_feats.shape == (4, 8, 48) and len(mb.targets) == 4
@@ -79,7 +79,7 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path,
     cfg_json = json.loads((out / "config.json").read_text())
     assert cfg_json["architecture"] == "AffectGPT" and (out / "adapter" / "adapter_model.safetensors").is_file()
     model = load_checkpoint(str(out))
-    rows = feature_rows(read_features(str(synth_features)), "val")
+    rows = feature_rows(read_shards(str(synth_features)), "val")
     batch = next(batches(rows, 4, random.Random(0), shuffle=False))
     texts = model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False),
                            max_new_tokens=12)
@@ -114,7 +114,7 @@ def test_total_steps_and_epochs():
 
 
 def test_feature_rows_skip_errors_and_other_splits(synth_features):
-    table = read_features(str(synth_features))
+    table = read_shards(str(synth_features))
     rows = feature_rows(table, "train")
     splits = table.column("split").to_pylist()
     assert 0 < len(rows) == sum(s == "train" for s in splits)
@@ -148,7 +148,7 @@ def test_no_usable_rows_fails_at_once_with_the_counts(synth_features, tmp_path, 
     """Features without targets (a folder of videos, no manifest): training stops before it starts."""
     import pyarrow.parquet as pq
 
-    table = read_features(str(synth_features))
+    table = read_shards(str(synth_features))
     bare = tmp_path / "bare"
     bare.mkdir()
     import pyarrow as pa
@@ -202,7 +202,7 @@ def test_training_on_every_split_still_holds_the_validation_rows_out(synth_featu
     from ray_emer.train.loop import ScalingConfig, train_exclude
     from ray_emer.train.run import run_stage
 
-    table = read_features(str(synth_features))
+    table = read_shards(str(synth_features))
     splits = [s for s, ok in zip(table.column("split").to_pylist(), table.column("status").to_pylist()) if ok == "ok"]
     assert "val" in splits and "train" in splits
     cfg = TrainConfig(features=str(synth_features), output=str(tmp_path / "s"), max_steps=1, val_samples=0,

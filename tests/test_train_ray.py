@@ -8,7 +8,7 @@ import random
 import pytest
 
 from conftest import synthetic_features
-from ray_emer.data.features import read_features
+from ray_emer.features.shards import read_shards
 from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.synthetic import SynthConfig
 from ray_emer.tracking import TrackingConfig
@@ -59,7 +59,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     assert [e["epoch"] for e in epoch0] == [0, 0] and epoch0[0]["restored"] == epoch0[1]["restored"]
     restored, after = set(epoch0[0]["restored"]), epoch0[0]["seen"] + epoch0[1]["seen"]
     assert len(restored) == 16 and len(after) == len(set(after)) and not restored & set(after), (restored, after)
-    train_ids = {r["clip_id"] for r in feature_rows(read_features(str(features)), "train")}
+    train_ids = {r["clip_id"] for r in feature_rows(read_shards(str(features)), "train")}
     assert restored | set(after) == train_ids and len(train_ids) == 36
     # the crash happened (marker) and the group resumed from the step-2 checkpoint
     storage = tmp_path / "export.ray"
@@ -72,7 +72,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
 
     # the export loads without Ray and generates
     model = load_checkpoint(str(tmp_path / "export"))
-    rows = feature_rows(read_features(str(features)), "val")
+    rows = feature_rows(read_shards(str(features)), "val")
     batch = next(batches(rows, 2, random.Random(0), shuffle=False))
     texts = model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False), max_new_tokens=6)
     assert len(texts) == 2
@@ -126,7 +126,7 @@ def test_a_stage_with_features_output_and_ray_storage_on_s3(ray_local, features,
     written = {storage.basename(f) for f in storage.list_files(f"{s3_bucket}/ray")}
     assert {"train_state.json", "final_metrics.json"} <= written, written  # Ray Train's run storage is on S3
     model = load_checkpoint(f"{s3_bucket}/stage1")
-    rows = feature_rows(read_features(f"{s3_bucket}/features"), "val")
+    rows = feature_rows(read_shards(f"{s3_bucket}/features"), "val")
     batch = next(batches(rows, 2, random.Random(0), shuffle=False))
     assert len(model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False), max_new_tokens=4)) == 2
 
@@ -161,7 +161,7 @@ def test_small_training_data_is_read_once_for_every_epoch(ray_local, features, t
     copy = tmp_path / "features"
     shutil.copytree(features, copy)
     cfg = _cfg(copy, tmp_path / "out")
-    want = sorted(r["clip_id"] for r in read_features(str(copy)).to_pylist()
+    want = sorted(r["clip_id"] for r in read_shards(str(copy)).to_pylist()
                   if usable_row(r, cfg.data.train_split, train_exclude(cfg)))
     logs: list[str] = []
     ds, cached = _dataset(cfg, logs.append)

@@ -68,7 +68,7 @@ def vllm_python() -> Path:
 def vllm_case(tmp_path_factory) -> dict:
     """A checkpoint with head_dim 64, a non-trivial LoRA and a repetition penalty in its generation config
     (as Qwen2.5-Instruct ships one), and features of 6 synthetic clips plus one error row."""
-    from ray_emer.data.features import ExtractConfig, extract_sequential
+    from ray_emer.data.extraction import ExtractConfig, extract_sequential
     from ray_emer.model.affectgpt import AffectGPT
     from ray_emer.model.checkpoint import save_checkpoint
     from ray_emer.model.config import resolve_model_config
@@ -115,7 +115,7 @@ def test_hf_and_vllm_agree_on_prompt_embeddings(vllm_python, vllm_case):
 @pytest.mark.timeout(1800)
 def test_label_job_with_the_vllm_engine(vllm_python, vllm_case, tmp_path):
     """`ray-emer label --engine vllm` end to end in the vLLM venv: Ray Data actors running vLLM."""
-    from ray_emer.data.features import feature_batch, read_features
+    from ray_emer.features.shards import read_shards, table_columns
     from ray_emer.infer.labeller import Labeller, LabellerConfig
 
     out = tmp_path / "labels"
@@ -137,7 +137,7 @@ def test_label_job_with_the_vllm_engine(vllm_python, vllm_case, tmp_path):
     assert set(labels["engine"]) == {"vllm"} and labels.loc["broken", "error"].startswith("storage_error:")
     # the same rows through the HF engine in this venv: the same descriptions
     lab = Labeller(vllm_case["checkpoint"], LabellerConfig(description_tokens=24, label_tokens=12))
-    rows = lab.label_batch(feature_batch(read_features(vllm_case["features"])))
+    rows = lab.label_batch(table_columns(read_shards(vllm_case["features"])))
     hf = {r["clip_id"]: r for r in rows if r["status"] == "ok"}
     assert {c: labels.loc[c, "description"] for c in hf} == {c: r["description"] for c, r in hf.items()}
     assert isinstance(labels, pd.DataFrame)

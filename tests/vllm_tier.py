@@ -17,11 +17,11 @@ import time
 def main(checkpoint: str, features: str, out: str) -> None:
     import torch
 
-    from ray_emer.data.features import feature_batch, read_features
+    from ray_emer.features.shards import read_shards, table_columns
     from ray_emer.infer.engine import EngineError
     from ray_emer.infer.labeller import Labeller, LabellerConfig
 
-    batch = feature_batch(read_features(features))
+    batch = table_columns(read_shards(features))
     result: dict = {"clips": len(batch["clip_id"])}
     tokens: dict[str, list[list[int]]] = {}
     for engine in ("hf", "vllm"):

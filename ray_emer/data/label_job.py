@@ -29,9 +29,15 @@ import pandas as pd
 import ray
 
 from ray_emer import storage
-from ray_emer.data.features import ExtractConfig, done_clip_ids, part_files, read_features, write_shard
-from ray_emer.data.pipeline import ensure_ray, run_extract, use_gpu
+from ray_emer.cluster import ensure_ray, use_gpu
+from ray_emer.config import ConfigError
+from ray_emer.data.extraction import ExtractConfig
+from ray_emer.data.pipeline import run_extract
+from ray_emer.features.shards import done_clip_ids, part_files, read_shards, write_shard
+from ray_emer.eval.labelled import gold_from_features, score_labels, write_label_report
+from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.labeller import Labeller, LabellerConfig
+from ray_emer.model.checkpoint import checkpoint_id
 from ray_emer.schema import label_table
 from ray_emer.tracking import TrackingConfig, open_tracker, tracking
 
@@ -115,11 +121,9 @@ def _check_same_model(output: str, done: set[str], model_id: str) -> None:
     (a retrained stage, say) would otherwise be kept and mixed with this one's, and scored as this model's."""
     if not done:
         return
-    rows = read_features(output, columns=["clip_id", "model"]).to_pylist()
+    rows = read_shards(output, columns=["clip_id", "model"]).to_pylist()
     other = [r["model"] for r in rows if r["clip_id"] in done and r["model"] != model_id]
     if other:
-        from ray_emer.config import ConfigError
-
         models = ", ".join(sorted(set(other))[:3])
         raise ConfigError(f"{output} holds labels of {len(other)} of these clips by another model ({models}); "
                           f"this checkpoint is {model_id}: label into another output, or remove that one first "
@@ -128,7 +132,7 @@ def _check_same_model(output: str, done: set[str], model_id: str) -> None:
 
 def read_labels(output: str) -> pd.DataFrame:
     """Every label row under ``output`` (one per clip id; the first written wins), as a DataFrame."""
-    return read_features(output).to_pandas()
+    return read_shards(output).to_pandas()
 
 
 def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
@@ -147,12 +151,8 @@ def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
 
 def run_label(cfg: LabelJobConfig, log=None) -> dict:
     """Label every clip of ``cfg.input`` not yet labelled under ``cfg.output``; returns the summary."""
-    from ray_emer.model.checkpoint import checkpoint_id
-
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not cfg.input or not cfg.output or not cfg.checkpoint:
-        from ray_emer.config import ConfigError
-
         raise ConfigError("label needs --input, --output and --checkpoint (or input/output/checkpoint in the config)")
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
@@ -160,7 +160,7 @@ def run_label(cfg: LabelJobConfig, log=None) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     t0 = time.perf_counter()
     features, extract_summary = _features(cfg, log)
-    ids = read_features(features, columns=["clip_id"]).column("clip_id").to_pylist()
+    ids = read_shards(features, columns=["clip_id"]).column("clip_id").to_pylist()
     done = done_clip_ids(cfg.output) & set(ids)
     todo = len(ids) - len(done)
     model_id = checkpoint_id(cfg.checkpoint)
@@ -195,14 +195,8 @@ def run_label(cfg: LabelJobConfig, log=None) -> dict:
 
 def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, log) -> dict:
     """Scores of the labelled set against the gold the features carry; a report dir under the output."""
-    from ray_emer.eval.labelled import gold_from_features, score_labels, write_label_report
-
-    gold = gold_from_features(read_features(features, columns=None).drop(["video_feats", "audio_feats"]))
-    wheels = None
-    if cfg.wheel_dir:
-        from ray_emer.eval.wheel import EmotionWheels
-
-        wheels = EmotionWheels.load(cfg.wheel_dir)
+    gold = gold_from_features(read_shards(features, columns=None).drop(["video_feats", "audio_feats"]))
+    wheels = EmotionWheels.load(cfg.wheel_dir) if cfg.wheel_dir else None
     scores = score_labels(labels, gold, wheels)
     if scores.get("n_gold", 0) == 0:
         log("[label] --evaluate: the input carries no gold labels or descriptions; nothing scored")

@@ -13,7 +13,9 @@ no actor has to start before the first shard.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import os
 import queue
 import threading
 import time
@@ -23,23 +25,26 @@ import pyarrow as pa
 import ray
 
 from ray_emer import storage
-from ray_emer.data.features import (
-    ExtractConfig,
-    FeatureEncoder,
-    decode_row,
-    effective_media,
-    pending_records,
-    scripted_encoders,
-    stack_rows,
-    write_shard,
-)
+from ray_emer.asr import check_config
+from ray_emer.cluster import ensure_ray, use_gpu
+from ray_emer.config import ConfigError
+from ray_emer.data.extraction import ExtractConfig, pending
+from ray_emer.data.manifest import folder_manifest
+from ray_emer.features.columns import to_columns
+from ray_emer.features.decode import decode_row
+from ray_emer.features.encoder import FeatureEncoder, effective_media, scripted_encoders
+from ray_emer.features.shards import write_features
 from ray_emer.tracking import open_tracker
 
 
-def _decode(batch: dict[str, np.ndarray], media, asr) -> dict[str, np.ndarray]:
-    """Decode a batch of serialized manifest records (a stateless task, or a fused task's first step; the offline
-    ASR backend runs here)."""
-    return stack_rows([decode_row(json.loads(s), media, asr) for s in batch["record"]])
+def _decode(batch: pa.Table, media, asr) -> dict[str, np.ndarray]:
+    """Decode a block of manifest rows (Arrow columns, as Ray Data carries them) into a columnar batch (a
+    stateless task, or a fused task's first step; the offline ASR backend runs here)."""
+    return to_columns([decode_row(rec, media, asr) for rec in batch.to_pylist()])
+
+
+def _summary(table: pa.Table) -> dict[str, np.ndarray]:
+    return {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
 
 
 class _EncodeAndWrite:
@@ -51,16 +56,15 @@ class _EncodeAndWrite:
         self.output, self.fresh = output, True
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        table = self.encoder.encode_batch(batch)
-        write_shard(table, self.output)
-        out = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
+        table = write_features(self.encoder.encode_batch(batch), self.encoder.schema, self.output)
+        out = _summary(table)
         out["scripted"] = np.full(table.num_rows, self.encoder.encoders.scripted)
         out["encoder_load"] = np.array([self.fresh] + [False] * (table.num_rows - 1))
         self.fresh = False
         return out
 
 
-def _decode_encode_write(batch: dict[str, np.ndarray], preset: str, media, output: str, asr,
+def _decode_encode_write(batch: pa.Table, preset: str, media, output: str, asr,
                          scripted: str | None, keep_s: float, shard_rows: int) -> dict[str, np.ndarray]:
     """CPU-only clusters (``fused``): one Ray task decodes a block of manifest records ``shard_rows`` at a time,
     encodes them with the worker's warm encoders and writes each chunk as one shard. The decoded frames and audio
@@ -69,15 +73,13 @@ def _decode_encode_write(batch: dict[str, np.ndarray], preset: str, media, outpu
     encoder, loaded = _worker_encoder(preset, media, asr, scripted)
     parts = []
     try:
-        records = batch["record"]
-        for start in range(0, len(records), shard_rows):
-            table = encoder.encode_batch(_decode({"record": records[start:start + shard_rows]}, media, asr))
-            write_shard(table, output)
+        for start in range(0, batch.num_rows, shard_rows):
+            decoded = _decode(batch.slice(start, shard_rows), media, asr)
+            table = write_features(encoder.encode_batch(decoded), encoder.schema, output)
             parts.append(table.select(["clip_id", "status", "error"]))
     finally:
         _release_after(keep_s)
-    table = pa.concat_tables(parts)
-    out = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("clip_id", "status", "error")}
+    out = _summary(pa.concat_tables(parts))
     out["scripted"] = np.full(table.num_rows, encoder.encoders.scripted)
     out["encoder_load"] = np.array([loaded] + [False] * (table.num_rows - 1))
     return out
@@ -113,8 +115,6 @@ def _release_after(keep_s: float) -> None:
         with _WARM_LOCK:
             if _WARM["generation"] == generation:
                 _WARM.update(key=None, encoder=None)
-        import gc
-
         gc.collect()
 
     if keep_s <= 0:
@@ -123,18 +123,6 @@ def _release_after(keep_s: float) -> None:
     timer = threading.Timer(keep_s, release)
     timer.daemon = True
     timer.start()
-
-
-def ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS / a running cluster / `ray job submit`'s, else starts a local one
-
-
-def use_gpu(setting: str) -> bool:
-    """``auto | true | false``: auto means the cluster has GPUs."""
-    if setting in ("true", "false"):
-        return setting == "true"
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _decode_tasks(cfg: ExtractConfig, gpu: bool) -> int:
@@ -173,8 +161,6 @@ def _encoder_memory(cfg: ExtractConfig, scripted: str | None) -> int:
     traced towers' size, so Ray runs no more fused tasks on a node than their weights fit (large presets)."""
     if cfg.encoder_memory_mb > 0:
         return cfg.encoder_memory_mb * 2**20
-    import os
-
     towers = sum(e.stat().st_size for e in os.scandir(scripted) if e.is_file()) if scripted else 0
     return 384 * 2**20 + towers
 
@@ -195,29 +181,23 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
     ``encoder_loads``: worker processes that loaded the encoders for this job (fused: fewer than the concurrent
     tasks when workers kept theirs from a job a moment before)."""
     if not cfg.input or not cfg.output:
-        from ray_emer.config import ConfigError
-
         raise ConfigError("extract needs --input and --output (or input/output in the config)")
     if cfg.asr.enabled:
-        from ray_emer.asr import check_config
-
         check_config(cfg.asr)  # a bad backend/model/language fails here, not as one error row per clip
     t_start = time.perf_counter()
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
-    media = effective_media(cfg)
-    from ray_emer.data.manifest import folder_manifest
-
+    media = effective_media(cfg.preset, cfg.media)
     if folder_manifest(cfg.input):
         log(f"[extract] {cfg.input} holds {folder_manifest(cfg.input)}: reading the clips through it")
-    todo, total, skipped = pending_records(cfg)
-    log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {len(todo)} to do")
+    todo, total, skipped = pending(cfg)
+    log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {todo.num_rows} to do")
     counts, errors = {"ok": 0, "error": 0}, []
     t0, first_shard, layout, tracking = time.perf_counter(), None, None, None
     scripted_used: set[bool] = set()
     loads = 0
     try:
-        if todo:
+        if todo.num_rows:
             gpu = use_gpu(cfg.use_gpu)
             layout = "split" if gpu or not cfg.fused_cpu else "fused"
             scripted = None
@@ -237,14 +217,14 @@ def run_extract(cfg: ExtractConfig, log=print) -> dict:
                     if status != "ok":
                         errors.append(f"{clip}: {error}")
                 done = counts["ok"] + counts["error"]
-                log(f"[extract] {done}/{len(todo)} clips (ok {counts['ok']}, error {counts['error']}), "
+                log(f"[extract] {done}/{todo.num_rows} clips (ok {counts['ok']}, error {counts['error']}), "
                     f"{done / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
         wall = time.perf_counter() - t0
-        summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": len(todo),
+        summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": todo.num_rows,
                    "skipped": skipped, **counts, "wall_s": round(wall, 3),
                    "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
                    "layout": layout, "scripted_encoders": scripted_used == {True}, "encoder_loads": loads,
-                   "clips_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else 0.0,
+                   "clips_per_s": round(todo.num_rows / wall, 3) if todo.num_rows and wall > 0 else 0.0,
                    "errors": errors[:50]}
         storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
     except BaseException:
@@ -263,7 +243,7 @@ def _as_returned(ds):
     return ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
 
-def _dataset(cfg: ExtractConfig, todo: list[dict], media, gpu: bool, layout: str, scripted: str | None):
+def _dataset(cfg: ExtractConfig, todo: pa.Table, media, gpu: bool, layout: str, scripted: str | None):
     """The Ray Data plan: manifest records -> shards written, one small summary batch per shard.
 
     ``split`` (GPUs, or ``fused_cpu: false``): decode tasks -> encoder actors (one GPU each, else
@@ -273,21 +253,20 @@ def _dataset(cfg: ExtractConfig, todo: list[dict], media, gpu: bool, layout: str
     workers at once (an actor pool first starts a process per actor), which keep their encoders ``warm_keep_s``."""
     args = (cfg.preset, media, cfg.output, cfg.asr, scripted)
     if layout == "fused":  # one block per task: it decodes, encodes and writes the block shard by shard
-        records = [json.dumps(r, default=str) for r in todo]
         tasks = _fused_tasks(cfg)
-        bounds = _batches(len(records), cfg.encode_batch_size, tasks)
-        ds = ray.data.from_arrow([pa.table({"record": records[a:b]}) for a, b in bounds])
+        bounds = _batches(todo.num_rows, cfg.encode_batch_size, tasks)
+        ds = ray.data.from_arrow([todo.slice(a, b - a) for a, b in bounds])
         # one operator whose concurrency is capped below: no resource reservation, whose budget in a session's
         # first job waits on Ray Data's autoscaling coordinator (a new actor process) and ran one task for ~2 s
         ds.context.op_resource_reservation_enabled = False
         return ds.map_batches(_decode_encode_write, fn_args=(*args, cfg.warm_keep_s, cfg.encode_batch_size),
-                              batch_size=None,
+                              batch_size=None, batch_format="pyarrow",
                               compute=ray.data.TaskPoolStrategy(size=min(len(bounds), tasks)),
                               num_cpus=cfg.decode_cpus + cfg.encoder_cpus,
                               memory=cfg.decode_memory_mb * 2**20 + _encoder_memory(cfg, scripted))
-    n_blocks = max(1, min(len(todo), (len(todo) + cfg.decode_batch_size - 1) // cfg.decode_batch_size))
-    ds = ray.data.from_items([{"record": json.dumps(r, default=str)} for r in todo], override_num_blocks=n_blocks)
-    ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=cfg.decode_batch_size,
+    size = cfg.decode_batch_size
+    ds = ray.data.from_arrow([todo.slice(a, size) for a in range(0, todo.num_rows, size)])
+    ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=size, batch_format="pyarrow",
                         num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
                         # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
                         # that differ from the actor's also keep Ray from fusing decode into the encoder

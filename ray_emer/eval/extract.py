@@ -2,7 +2,7 @@
 interface (``extract(descriptions) -> list[list[str]]``):
 
 - ``LLMExtractor``: the published idea (list the emotions clearly identifiable for the
-  main character, comma list, empty if none) through any ``Engine``.
+  main character, comma list, empty if none) through any text generator (an inference ``Engine``).
 - ``LexiconExtractor``: no model; emotion words of the wheel vocabulary found through a
   lemmatiser (lemminflect), skipping negated mentions ("not happy").
 """
@@ -16,7 +16,6 @@ from typing import Protocol
 from lemminflect import getAllLemmas
 
 from ray_emer.eval.wheel import EmotionWheels
-from ray_emer.infer.engine import Engine
 from ray_emer.labels import parse_answer
 
 EXTRACT_PROMPT = (
@@ -43,8 +42,14 @@ class Extractor(Protocol):
     def extract(self, descriptions: Sequence[str]) -> list[list[str]]: ...
 
 
+class TextGenerator(Protocol):
+    """What the LLM extractors need of an engine (``ray_emer.infer.engine.HFEngine`` is one): text in, text out."""
+
+    def generate(self, prompts: list[str]) -> list[str]: ...
+
+
 class LLMExtractor:
-    def __init__(self, engine: Engine, prompt: str = EXTRACT_PROMPT) -> None:
+    def __init__(self, engine: TextGenerator, prompt: str = EXTRACT_PROMPT) -> None:
         self.engine, self.prompt = engine, prompt
 
     def extract(self, descriptions: Sequence[str]) -> list[list[str]]:
@@ -130,7 +135,7 @@ def lexicon_sentiment(labels: Sequence[str]) -> str:
 
 
 class LLMSentiment:
-    def __init__(self, engine: Engine, prompt: str = SENTIMENT_PROMPT) -> None:
+    def __init__(self, engine: TextGenerator, prompt: str = SENTIMENT_PROMPT) -> None:
         self.engine, self.prompt = engine, prompt
 
     def classify(self, label_sets: Sequence[Sequence[str]]) -> list[str]:

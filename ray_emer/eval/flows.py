@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 from ray_emer import storage
-from ray_emer.eval.unibench import EvalInputError, read_csv
+from ray_emer.eval.metrics import emer_set_metrics, emer_wheel_metrics
+from ray_emer.eval.report import write_report
+from ray_emer.eval.text_overlap import text_overlap
+from ray_emer.eval.unibench import (
+    DATASET_KIND,
+    EvalInputError,
+    convert_labels,
+    convert_outputs,
+    read_csv,
+    read_json,
+    read_predictions,
+    score_checkpoints,
+    score_files,
+)
+from ray_emer.eval.wheel import EmotionWheels
+from ray_emer.labels import parse_labels
+from ray_emer.tracking import make_tracker
 
 
 def load_wheels(wheel_dir: str | None, format_file: str | None = None):
     """The emotion wheels of a published wheel folder (None without one)."""
-    from ray_emer.eval.wheel import EmotionWheels
-
     return EmotionWheels.load(wheel_dir, format_file) if wheel_dir else None
 
 
@@ -32,11 +47,6 @@ def report(result: dict, report_dir: str | None, mlflow_uri: str | None, experim
     (default ``$MLFLOW_TRACKING_URI`` when set); nothing when neither a folder nor a URI is asked for."""
     if not (report_dir or mlflow_uri):
         return
-    import os
-
-    from ray_emer.eval.report import write_report
-    from ray_emer.tracking import make_tracker
-
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     tracker = make_tracker(uri, experiment) if uri else None
     try:
@@ -52,8 +62,6 @@ def unibench(kind: str, predictions: str, labels: str, wheel_dir: str | None = N
              level: int = 1, parsing: str = "published", output: str | None = None, report_dir: str | None = None,
              mlflow_uri: str | None = None) -> dict:
     """One MER-UniBench dataset: hit rate (basic) | weighted F1 (sentiment) | EW F_s (ov)."""
-    from ray_emer.eval.unibench import score_files
-
     result = score_files(kind, predictions, labels, load_wheels(wheel_dir, format_file), level, parsing=parsing)
     emit(result, output)
     report(result, report_dir, mlflow_uri, "ray_emer-eval",
@@ -65,10 +73,6 @@ def emer(predictions: str, labels: str, groups: str | None = None, wheel_dir: st
          format_file: str | None = None, level: int = 1, parsing: str | None = None,
          output: str | None = None) -> dict:
     """EMER set metrics (accuracy_s, recall_s, avg) with cached synonym groups or the emotion wheels."""
-    from ray_emer.eval.metrics import emer_set_metrics, emer_wheel_metrics
-    from ray_emer.eval.unibench import read_json, read_predictions
-    from ray_emer.labels import parse_labels
-
     if bool(groups) == bool(wheel_dir):
         raise EvalInputError("give exactly one of --groups or --wheel-dir")
     rule = parsing or ("published" if groups else "proper")
@@ -84,8 +88,6 @@ def emer(predictions: str, labels: str, groups: str | None = None, wheel_dir: st
 
 def convert(dataset: str, out_dir: str, labels: str | None = None, outputs: str | None = None) -> dict:
     """Published MER-UniBench files -> the ``L.csv`` / ``P.csv`` contract (one P.csv per checkpoint)."""
-    from ray_emer.eval.unibench import convert_labels, convert_outputs
-
     written = []
 
     def write(frame, name: str) -> None:
@@ -109,8 +111,6 @@ def checkpoints(dataset: str, outputs: str, labels: str, wheel_dir: str | None =
                 format_file: str | None = None, level: int = 1, seed: int = 0, parsing: str = "published",
                 output: str | None = None, report_dir: str | None = None, mlflow_uri: str | None = None) -> dict:
     """Score every checkpoint of a published outputs file: the paper's best-on-test pick and an honest one."""
-    from ray_emer.eval.unibench import DATASET_KIND, convert_labels, convert_outputs, score_checkpoints
-
     if dataset not in DATASET_KIND:
         raise EvalInputError(f"unknown dataset {dataset!r}; one of {sorted(DATASET_KIND)}")
     kind = DATASET_KIND[dataset]
@@ -127,36 +127,8 @@ def checkpoints(dataset: str, outputs: str, labels: str, wheel_dir: str | None =
     return emit(result, output)
 
 
-def extract_labels(descriptions: str, out: str, column: str = "description", method: str = "lexicon",
-                   focus: str = "conclusion", model: str | None = None, wheel_dir: str | None = None,
-                   format_file: str | None = None) -> dict:
-    """Descriptions -> open-vocabulary labels (+ lexicon sentiment) as ``P.csv`` (name, openset, sentiment)."""
-    import pandas as pd
-
-    from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, lexicon_sentiment
-
-    df = read_csv(descriptions, ("name", column))
-    if method == "llm":
-        if not model:
-            raise EvalInputError("--method llm needs --model (a model name or local path)")
-        from ray_emer.infer.engine import HFEngine
-
-        extractor = LLMExtractor(HFEngine.from_pretrained(model))
-    else:
-        extractor = LexiconExtractor(load_wheels(wheel_dir, format_file), focus=focus)
-    labels = extractor.extract(list(df[column]))
-    frame = pd.DataFrame({"name": df["name"], "openset": [", ".join(ls) for ls in labels],
-                          "sentiment": [lexicon_sentiment(ls) for ls in labels]})
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    storage.write_text(out, buf.getvalue())
-    return {"rows": len(frame), "out": out, "method": method}
-
-
 def text(predictions: str, labels: str, column: str = "description", output: str | None = None) -> dict:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr between predicted and gold descriptions."""
-    from ray_emer.eval.text_overlap import text_overlap
-
     gold = read_csv(labels, ("name", column))
     pred = read_csv(predictions, ("name", column))
     unknown = sorted(set(pred["name"]) - set(gold["name"]))

@@ -17,7 +17,9 @@ import time
 
 import numpy as np
 
-from ray_emer.data.features import FeatureEncoder, decode_row, feature_batch, stack_rows
+from ray_emer.features.columns import to_columns
+from ray_emer.features.decode import decode_row
+from ray_emer.features.encoder import FeatureEncoder
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.media import MediaConfig
 
@@ -76,9 +78,9 @@ class ClipModel:
     def analyze(self, rows: list[dict]) -> list[Analysis]:
         """Decoded rows (from ``decode_media``) -> one ``Analysis`` each; a batch shares the engine calls."""
         t0 = time.perf_counter()
-        table = self.encoder.encode_batch(stack_rows(rows))
+        features = self.encoder.encode_batch(to_columns(rows))  # arrays, no Arrow: a request stays in numpy
         t1 = time.perf_counter()
-        labelled = self.labeller.label_batch(feature_batch(table))
+        labelled = self.labeller.label_batch(features)
         t2 = time.perf_counter()
         out = []
         for row, lab in zip(rows, labelled, strict=True):

@@ -130,7 +130,7 @@ def train_exclude(cfg: TrainConfig) -> str:
 
 def feature_rows(table, split: str, exclude: str = "") -> list[dict]:
     """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
-    from ray_emer.data.features import feature_arrays
+    from ray_emer.features.shards import feature_arrays
 
     video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")
     rows = table.drop(["video_feats", "audio_feats"]).to_pylist()

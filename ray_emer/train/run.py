@@ -20,7 +20,7 @@ import time
 import torch
 
 from ray_emer.config import to_dict
-from ray_emer.data.features import read_features
+from ray_emer.features.shards import read_shards
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import load_checkpoint, save_checkpoint
 from ray_emer.model.config import resolve_model_config
@@ -130,7 +130,7 @@ def run_local(cfg: TrainConfig, log=print) -> dict:
     """Train one stage in this process (``run_stage`` with ``scaling.engine: local``)."""
     check_io(cfg)
     t0 = time.perf_counter()
-    table = read_features(cfg.features)
+    table = read_shards(cfg.features)
     exclude = train_exclude(cfg)
     require_rows(table.select(["status", "split", "description", "labels"]).to_pylist(), cfg.data.train_split,
                  cfg.features, exclude)

@@ -24,7 +24,7 @@ import torch
 
 from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
-from ray_emer.data.features import read_features
+from ray_emer.features.shards import read_shards
 from ray_emer.tracking import NullTracker, make_tracker, open_tracker, resolve_uri
 from ray_emer.train.loop import (
     TrainConfig,
@@ -253,7 +253,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_emer.data.pipeline import ensure_ray, use_gpu
+    from ray_emer.cluster import ensure_ray, use_gpu
     from ray_emer.train.run import check_io, stage_summary
 
     check_io(cfg)
@@ -261,7 +261,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     ensure_ray()
     gpu = use_gpu(cfg.scaling.use_gpu)
     sc = cfg.scaling
-    light = read_features(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
+    light = read_shards(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()
     split = cfg.data.train_split
     exclude = train_exclude(cfg)
     require_rows(light, split, cfg.features, exclude)  # before any worker starts: nothing to train fails now
@@ -271,7 +271,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     if cfg.val_samples and cfg.data.val_split:  # only the validation split's features come to the driver
         import pyarrow.dataset as pads
 
-        val = read_features(cfg.features, filter=pads.field("split") == cfg.data.val_split)
+        val = read_shards(cfg.features, filter=pads.field("split") == cfg.data.val_split)
         val_rows = feature_rows(val, cfg.data.val_split)[: cfg.val_samples]
     log(f"[train] {n_train} train rows on {sc.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
     storage_path = _storage_path(cfg)

@@ -120,4 +120,4 @@ def test_every_shipped_yaml_loads(path):
     load_config(CONFIG_CLASSES[path.name], path)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Submit:") and "ray job submit" in first
-    assert first[len("# Submit: "):] in (REPO / "README.md").read_text(), "the README shows the same command"
+    assert first[len("# Submit: "):] in (REPO / "docs" / "cluster.md").read_text(), "docs/cluster.md shows the same command"

@@ -93,7 +93,7 @@ EXTRACT_CLIPS = 4
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("ray_head", ["token"], indirect=True)
 def test_documented_submit_needs_and_uses_token_auth(ray_head, tmp_path):
-    """The README's extract line, verbatim but for the address and the /tmp/ root (`RAY_AUTH_MODE=token`
+    """The documented extract line (docs/cluster.md), verbatim but for the address and the /tmp/ root (`RAY_AUTH_MODE=token`
     kept, run by a shell), against a plain `ray start --head` with a token in ~/.ray: without the
     `RAY_AUTH_MODE=token` prefix the head refuses the submit (so auth is on); with it the job runs and writes
     the features of a small synthetic archive placed where the line expects the quickstart's held-out split."""
@@ -107,7 +107,7 @@ def test_documented_submit_needs_and_uses_token_auth(ray_head, tmp_path):
 
     url, env = ray_head
     line = submit_line("extract_features.yaml")
-    assert "python jobs/extract_features.py" in line and line in (REPO / "README.md").read_text()
+    assert "python jobs/extract_features.py" in line and line in (REPO / "docs" / "cluster.md").read_text()
     argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(line.replace("http://127.0.0.1:8265", url))]
     manifest = tmp_path / "ray_emer_quickstart" / "heldout" / "manifest.csv"
     assert str(manifest) in argv
@@ -138,7 +138,7 @@ CHAIN = ["quickstart.yaml", "extract_features.yaml", "stage1_coarse.yaml", "stag
 
 
 def submit_line(name: str) -> str:
-    """The documented submit command: the first line of a job's YAML (the README lists the same lines)."""
+    """The documented submit command: the first line of a job's YAML (docs/cluster.md lists the same lines)."""
     first = (REPO / "jobs" / "configs" / name).read_text().splitlines()[0]
     assert first.startswith("# Submit: RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 ")
     return first[len("# Submit: "):]
@@ -147,7 +147,7 @@ def submit_line(name: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_every_job_as_documented_under_ray_job_submit(ray_head, tmp_path):
-    """quickstart -> extract -> stage 1 -> stage 2 -> label, each with its YAML's (= the README's) submit line;
+    """quickstart -> extract -> stage 1 -> stage 2 -> label, each with its YAML's (= docs/cluster.md's) submit line;
     only the address, the /tmp/ root and the auth mode (the test's head runs without token auth) differ."""
     import shlex
 

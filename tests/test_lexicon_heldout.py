@@ -1,7 +1,7 @@
 """The lexicon extractor's held-out EW F_s on the 332 OV-MERD gold descriptions (skipped without ../shared/reference).
 
 The numbers below are recomputed here from the published files on every run; the pins are
-what README.md and the extractor's docstring quote.
+what benchmarks/RESULTS.md and the extractor's docstring quote.
 """
 
 import json

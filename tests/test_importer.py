@@ -20,7 +20,8 @@ from ray_emer.cli import main
 from ray_emer.model.affectgpt import AffectGPT, build_llm
 from ray_emer.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ray_emer.model.config import get_preset
-from ray_emer.model.importer import _meta_model, check_source, import_published, map_published, published_layout
+from ray_emer.model.importer import import_published
+from ray_emer.model.published import check_source, map_published, meta_model, published_layout
 from ray_emer.model.tokenizer import build_tokenizer
 
 # published module -> (ray_emer head module, (in, out) as a function of video dim V, audio dim A, fusion dim F,
@@ -183,7 +184,7 @@ def test_the_7b_published_layout_is_covered_on_the_meta_device():
     cfg = get_preset("affectgpt-qwen2.5-7b")
     shapes = published_shapes(cfg)
     assert len(shapes) == 412
-    layout = published_layout(*_meta_model(cfg))
+    layout = published_layout(*meta_model(cfg))
     assert {k: v[2] for k, v in layout.items()} == shapes
     mapped = map_published({k: torch.empty(s, device="meta") for k, s in shapes.items()}, layout)
     assert (len(mapped["head"]), len(mapped["lora"])) == (20, 392)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ray_emer import storage
 from ray_emer.cli import main
 from ray_emer.model.affectgpt import AffectGPT, build_llm
 from ray_emer.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -164,7 +167,6 @@ def test_import_writes_what_save_checkpoint_writes(tiny_cfg, tmp_path):
     published_file(tmp_path / "ck.pth", tiny_cfg)
     import_published(str(tmp_path / "ck.pth"), str(tmp_path / "imported"), tiny_cfg)
     save_checkpoint(AffectGPT.build(dataclasses.replace(tiny_cfg)), str(tmp_path / "saved"))
-    from safetensors import safe_open
 
     def tensors(path):
         with safe_open(str(path), "pt") as f:
@@ -242,9 +244,6 @@ def test_an_unknown_layout_fails_clearly_and_writes_nothing(tiny_cfg, tmp_path, 
 
 
 def test_other_containers(tiny_cfg, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     state = published_file(tmp_path / "ck.pth", tiny_cfg)
     save_file(state, str(tmp_path / "ck.safetensors"))
     result = import_published(str(tmp_path / "ck.safetensors"), str(tmp_path / "a"), tiny_cfg)
@@ -309,8 +308,6 @@ def test_cli_model_import(tiny_cfg, tmp_path, capsys):
 
 
 def test_import_from_and_to_s3(tiny_cfg, tmp_path, s3_bucket):
-    from ray_emer import storage
-
     state = published_file(tmp_path / "ck.pth", tiny_cfg)
     storage.write_bytes(f"{s3_bucket}/published/ck.pth", (tmp_path / "ck.pth").read_bytes())
     result = import_published(f"{s3_bucket}/published/ck.pth", f"{s3_bucket}/imported", tiny_cfg)

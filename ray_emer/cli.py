@@ -180,7 +180,7 @@ COMMANDS: tuple[Command, ...] = (
             "GET /v1/models, GET /healthz and a demo page at /. A bearer API key guards every route but /healthz "
             "and the page: RAY_EMER_API_KEY, RAY_EMER_API_KEY_FILE, else one is generated and printed. Stops on "
             "SIGINT/SIGTERM.",
-            config="ray_emer.serve.app:ServeArgs",
+            config="ray_emer.serve.settings:ServeArgs",
             flags=(F("--checkpoint", to="checkpoint", required=True,
                      help="exported checkpoint directory (ray-emer train --output)"),
                    F("--port", type=int, default=8000),

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ray_emer import storage
 from ray_emer.cli import main
 from ray_emer.model.affectgpt import AffectGPT, build_llm
 from ray_emer.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ray_emer.model.config import get_preset
-from ray_emer.model.importer import _meta_model, check_source, import_published, map_published, published_layout
+from ray_emer.model.importer import import_published
+from ray_emer.model.published import check_source, map_published, meta_model, published_layout
 from ray_emer.model.tokenizer import build_tokenizer
 
 # published module -> (ray_emer head module, (in, out) as a function of video dim V, audio dim A, fusion dim F,
@@ -163,7 +167,6 @@ def test_import_writes_what_save_checkpoint_writes(tiny_cfg, tmp_path):
     published_file(tmp_path / "ck.pth", tiny_cfg)
     import_published(str(tmp_path / "ck.pth"), str(tmp_path / "imported"), tiny_cfg)
     save_checkpoint(AffectGPT.build(dataclasses.replace(tiny_cfg)), str(tmp_path / "saved"))
-    from safetensors import safe_open
 
     def tensors(path):
         with safe_open(str(path), "pt") as f:
@@ -183,7 +186,7 @@ def test_the_7b_published_layout_is_covered_on_the_meta_device():
     cfg = get_preset("affectgpt-qwen2.5-7b")
     shapes = published_shapes(cfg)
     assert len(shapes) == 412
-    layout = published_layout(*_meta_model(cfg))
+    layout = published_layout(*meta_model(cfg))
     assert {k: v[2] for k, v in layout.items()} == shapes
     mapped = map_published({k: torch.empty(s, device="meta") for k, s in shapes.items()}, layout)
     assert (len(mapped["head"]), len(mapped["lora"])) == (20, 392)
@@ -241,9 +244,6 @@ def test_an_unknown_layout_fails_clearly_and_writes_nothing(tiny_cfg, tmp_path, 
 
 
 def test_other_containers(tiny_cfg, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     state = published_file(tmp_path / "ck.pth", tiny_cfg)
     save_file(state, str(tmp_path / "ck.safetensors"))
     result = import_published(str(tmp_path / "ck.safetensors"), str(tmp_path / "a"), tiny_cfg)
@@ -308,8 +308,6 @@ def test_cli_model_import(tiny_cfg, tmp_path, capsys):
 
 
 def test_import_from_and_to_s3(tiny_cfg, tmp_path, s3_bucket):
-    from ray_emer import storage
-
     state = published_file(tmp_path / "ck.pth", tiny_cfg)
     storage.write_bytes(f"{s3_bucket}/published/ck.pth", (tmp_path / "ck.pth").read_bytes())
     result = import_published(f"{s3_bucket}/published/ck.pth", f"{s3_bucket}/imported", tiny_cfg)

@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import http.server
+import io
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
 
+from ray_emer.model.affectgpt import AffectGPT
+from ray_emer.model.checkpoint import save_checkpoint
+from ray_emer.model.config import get_preset
+from ray_emer.serve import security
 from ray_emer.synthetic import encode_clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -29,11 +42,9 @@ def _port() -> int:
 @pytest.fixture(scope="module")
 def server(ray_local, synth_archive, tmp_path_factory):
     """Three applications: the default one, one with a tiny server-side timeout, one that admits 1 request."""
+    # Ray Serve (and FastAPI, through app) load with the server, so the plain-Python tests below run without them
     from ray import serve
 
-    from ray_emer.model.affectgpt import AffectGPT
-    from ray_emer.model.checkpoint import save_checkpoint
-    from ray_emer.model.config import get_preset
     from ray_emer.serve.app import build_app
 
     root = tmp_path_factory.mktemp("serve")
@@ -89,11 +100,6 @@ def test_analyze_contract_upload_and_uri(server, clip):
     models = requests.get(f"{url}/v1/models", headers=_auth(), timeout=30).json()
     assert models["data"][0]["id"] == "ray-emer"
     # a separate audio file replaces the container's track (the published layout ships wavs beside videos)
-    import io
-    import wave
-
-    import numpy as np
-
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -139,8 +145,6 @@ def test_limits_and_bad_inputs(server, clip, tmp_path):
     bad = _upload(url, corrupt)
     assert bad.status_code == 400 and "not_a_media_file" in bad.json()["error"]
     long_clip = tmp_path / "long.mp4"
-    import numpy as np
-
     long_clip.write_bytes(encode_clip([np.full((32, 32, 3), i, np.uint8) for i in range(80)], None, 10))
     too_long = _upload(url, long_clip)
     assert too_long.status_code == 400 and "too_long" in too_long.json()["error"]
@@ -176,7 +180,7 @@ def _data_url(path: Path) -> str:
 
 
 def test_openai_client_plain_and_streaming(server, clip):
-    import openai
+    import openai  # a test-only dependency, loaded by the one test that uses it
 
     client = openai.OpenAI(base_url=f"{server['url']}/v1", api_key=KEY, max_retries=0, timeout=120)
     messages = [{"role": "user", "content": [{"type": "text", "text": "I can't believe it!"},
@@ -217,14 +221,9 @@ def test_demo_page_in_headless_chromium(server, clip, chrome, tmp_path):
 
 def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, tmp_path):
     """`ray-emer serve --checkpoint DIR --port N --max-upload-mb M` (the contract), as a user starts it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-
     port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EMER_API_KEY")}
+    env["RAY_ADDRESS"] = "local"  # its own Ray, as ray_local's: never a head someone else started on this machine
     cmd = [str(Path(sys.executable).parent / "ray-emer"), "serve", "--checkpoint", str(server["root"] / "ckpt"),
            "--port", str(port), "--max-upload-mb", "1", "--set", "labeller.description_tokens=8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -252,11 +251,6 @@ def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, t
 
 def test_uri_rules_without_a_server(tmp_path):
     """The SSRF rules and the fetch itself, in plain Python (no Ray): redirects are refused, errors are 400s."""
-    import http.server
-    import threading
-
-    from ray_emer.serve import security
-
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
             self.send_response(302)

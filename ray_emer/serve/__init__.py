@@ -1,1 +1,2 @@
-"""Ray Serve: the app builder (``app.build_app``), its plain-Python parts (analyzer, security, page)."""
+"""Ray Serve: the app builder and deployments (``app.build_app``), the settings the CLI parses without Ray
+(``settings.ServeArgs``), the HTTP shapes (``http``) and the plain-Python parts (analyzer, security, page)."""

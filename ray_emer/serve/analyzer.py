@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 
+import cv2
 import numpy as np
 
 from ray_emer.features.columns import to_columns
@@ -46,8 +47,6 @@ def decode_media(video: bytes | str, suffix: str = ".mp4", audio: bytes | None =
 
 def thumbnails(frames: np.ndarray, size: int = 96) -> list[str]:
     """``[T, S, S, 3]`` uint8 -> JPEG data URLs (what the demo page shows)."""
-    import cv2
-
     out = []
     for f in frames:
         small = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)

@@ -6,11 +6,13 @@ import signal
 import sys
 import threading
 
-from ray_emer.serve.app import ServeArgs
+from ray_emer.config import ConfigError
+from ray_emer.serve.settings import ServeArgs
 
 
 def serve_local(args: ServeArgs, log=None, port: int = 8000, host: str = "127.0.0.1") -> int:
     """Serve ``args.checkpoint`` on http://HOST:PORT until SIGINT/SIGTERM; returns the exit code."""
+    # Ray, Ray Serve and FastAPI (through app) load here, not at import: the CLI parses `serve` flags without them
     import ray
     from ray import serve
 
@@ -18,8 +20,6 @@ def serve_local(args: ServeArgs, log=None, port: int = 8000, host: str = "127.0.
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not args.checkpoint:
-        from ray_emer.config import ConfigError
-
         raise ConfigError("serve needs --checkpoint (or checkpoint in the config)")
     stop = threading.Event()
     if not ray.is_initialized():

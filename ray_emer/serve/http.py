@@ -1,0 +1,179 @@
+"""The endpoint's HTTP shapes, apart from the deployments that answer them.
+
+- Errors: ``HTTPError`` and the plain-Python refusals of ``security`` -> a JSON ``{"error": ...}`` answer.
+- Requests read: the body (counted while it streams in), a multipart upload (``file``, ``audio``,
+  ``subtitle``), the JSON ``{"video_uri", "subtitle"}`` of ``/v1/analyze``, the OpenAI chat ``messages``.
+- Answers written: ``/v1/models``, the OpenAI chat completion and its server-sent-event chunks.
+The wire shapes are plain dicts, byte for byte what clients (the ``openai`` package, the demo page, scripts)
+already parse; the ``TypedDict``s name them.
+"""
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import NotRequired, TypedDict
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ray_emer.serve import security
+
+
+# ---------------------------------------------------------------- errors
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+CLIENT_ERRORS = (HTTPError, security.Forbidden, security.TooLarge, security.BadRequest)
+STATUS = {security.Forbidden: 403, security.TooLarge: 413, security.BadRequest: 400}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """One of ``CLIENT_ERRORS`` -> ``{"error": message}`` with its status (and headers, e.g. Retry-After)."""
+    if isinstance(exc, HTTPError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+    return JSONResponse({"error": str(exc)}, status_code=STATUS[type(exc)])
+
+
+def body_over(max_upload_mb: float) -> str:
+    return f"request body over {max_upload_mb} MB"
+
+
+# ---------------------------------------------------------------- requests
+@dataclasses.dataclass
+class ClipRequest:
+    """One clip to analyze: bytes of an upload (or an allowed storage URI) and what comes with it."""
+
+    video: bytes | str
+    suffix: str
+    audio: bytes | None = None
+    audio_suffix: str = ".wav"
+    subtitle: str | None = None
+
+
+async def read_body(request: Request, max_bytes: int, max_upload_mb: float) -> bytes:
+    """The body, counted while it streams in: chunked uploads cannot pass the limit either."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPError(413, body_over(max_upload_mb))
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    request._body = data  # Starlette's form parser reads a consumed stream from here
+    return data
+
+
+def json_body(data: bytes):
+    """A request body -> its JSON value (an empty body is ``{}``); not JSON: ``BadRequest``."""
+    try:
+        return json.loads(data or b"{}")
+    except json.JSONDecodeError as exc:
+        raise security.BadRequest(f"the body is not JSON: {exc}") from exc
+
+
+async def clip_from_form(form) -> ClipRequest:
+    """A multipart form: ``file`` (the clip), optional ``audio`` (replaces the clip's track) and ``subtitle``."""
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise security.BadRequest("multipart field 'file' (the clip) is missing")
+    audio = form.get("audio")
+    audio_bytes = await audio.read() if audio is not None and not isinstance(audio, str) else None
+    name = upload.filename or "clip.mp4"
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ".mp4"
+    audio_suffix = "." + (audio.filename or "a.wav").rsplit(".", 1)[-1] if audio_bytes else ".wav"
+    subtitle = form.get("subtitle")
+    return ClipRequest(await upload.read(), suffix, audio_bytes, audio_suffix,
+                       subtitle if isinstance(subtitle, str) else None)
+
+
+def analyze_request(body) -> tuple[str, object]:
+    """``/v1/analyze``'s JSON ``{"video_uri", "subtitle"}`` -> (video_uri, subtitle as sent)."""
+    if not isinstance(body, dict) or not isinstance(body.get("video_uri"), str):
+        raise security.BadRequest('send multipart "file" or JSON {"video_uri": ..., "subtitle": ...}')
+    return body["video_uri"], body.get("subtitle")
+
+
+def uri_suffix(uri: str) -> str:
+    """The file suffix a media URI names (query string dropped), ``.mp4`` when it names none."""
+    return "." + uri.rsplit(".", 1)[-1].split("?")[0] if "." in uri.rsplit("/", 1)[-1] else ".mp4"
+
+
+def chat_request(body: dict) -> tuple[str, str | None]:
+    """OpenAI chat ``messages`` -> (the user's ``video_url``, their ``text`` parts joined: the clip's subtitle)."""
+    video_url, texts = None, []
+    for msg in body.get("messages") or []:
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        for part in parts:
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "video_url":
+                video_url = (part.get("video_url") or {}).get("url")
+    if not video_url:
+        raise security.BadRequest("a user message needs a video_url content part")
+    return video_url, " ".join(t for t in texts if t) or None
+
+
+# ---------------------------------------------------------------- answers
+class Analysis(TypedDict):
+    """``POST /v1/analyze``'s answer (``frames`` with ``?frames=1``: JPEG data URLs of the decoded frames)."""
+
+    description: str
+    labels: list[str]
+    sentiment: str
+    timings: dict  # decode_s, encode_s, generate_s, model_s, batch, total_s
+    frames: NotRequired[list[str]]
+
+
+class ChatCompletion(TypedDict):
+    """``POST /v1/chat/completions``'s answer: OpenAI's ``chat.completion`` plus ``ray_emer`` (labels, ...)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict]
+    usage: dict
+    ray_emer: dict
+
+
+def models_list(model: str) -> dict:
+    """``GET /v1/models``: OpenAI's model list, with the one model this endpoint serves."""
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "ray_emer"}]}
+
+
+def chat_answer(result: Analysis, model: str, stream: bool) -> ChatCompletion | StreamingResponse:
+    """An analysis -> the assistant's message (description, then the emotions), whole or as SSE chunks."""
+    content = (f"{result['description']}\n\nEmotions: {', '.join(result['labels'])} "
+               f"(sentiment: {result['sentiment']})")
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    extra = {"labels": result["labels"], "sentiment": result["sentiment"], "timings": result["timings"]}
+    if stream:
+        return StreamingResponse(sse(rid, created, model, content, extra), media_type="text/event-stream")
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": len(content.split()),
+                      "total_tokens": len(content.split())},
+            "ray_emer": extra}
+
+
+async def sse(rid: str, created: int, model: str, content: str, extra: dict) -> AsyncIterator[str]:
+    """Server-sent events in the OpenAI chunk shape: the role, the content in pieces, the stop, [DONE]."""
+    def chunk(delta: dict, finish: str | None = None, **more) -> str:
+        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    words = content.split(" ")
+    for i in range(0, len(words), 8):
+        yield chunk({"content": " ".join(words[i:i + 8]) + (" " if i + 8 < len(words) else "")})
+    yield chunk({}, "stop", ray_emer=extra)
+    yield "data: [DONE]\n\n"

@@ -10,8 +10,8 @@
   local directory): multilingual (Chinese included), on the GPU when there is one; audio longer than
   Whisper's 30 s window is transcribed in consecutive 30 s pieces whose texts are joined.
 
-Where extraction runs them (``data/features.py``): the offline backend in the decode step, on the audio just
-decoded (CPU work spread over the decode tasks); Whisper in the encoder step, where the model is loaded
+Where extraction runs them (``features/decode.py``, ``features/encoder.py``): the offline backend in the decode
+step, on the audio just decoded (CPU work spread over the decode tasks); Whisper in the encoder step, where the model is loaded
 once per encoder and batched on the encoder's GPU.
 """
 

@@ -140,7 +140,7 @@ class Labeller:
                           tokens=tokens[i]) for i in range(n)]
 
     def label_batch(self, batch: dict) -> list[dict]:
-        """A columnar feature batch (as ``read_features`` / Ray Data yield it) -> one label row per input row."""
+        """A columnar feature batch (as ``features.shards.table_columns`` / Ray Data yield it) -> one label row per input row."""
         n = len(batch["clip_id"])
         status = [str(s) for s in batch["status"]]
         rows: list[dict | None] = [None] * n

@@ -1,6 +1,6 @@
 """Checkpoint directories: save and load an ``AffectGPT`` without Ray, in safe formats only.
 
-Layout (ARCHITECTURE.md "Checkpoint dir")::
+Layout (docs/architecture.md, "Checkpoint directory")::
 
     config.json                  AffectGPTConfig (architecture, encoder and LLM names, dims, prompts)
     head.safetensors             pooling, pre-fusion and projector weights

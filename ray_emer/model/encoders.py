@@ -2,7 +2,7 @@
 
 ``Encoders`` is always in eval mode with gradients off; it is the only part of the model
 that sees pixels or waveforms. Everything after it (``AffectGPT``) consumes the feature
-rows it produces, so features can be computed once and cached (ARCHITECTURE.md).
+rows it produces, so features can be computed once and cached (docs/architecture.md).
 
 - video: uint8 frames ``[B, T, S, S, 3]`` -> ``[B, T, Dv]`` (CLIP projected image
   embeddings; face crops go through the same tower)

@@ -6,8 +6,8 @@ tokens only), labelling and serving (no targets, left padding for batched genera
 all build their ``MultimodalBatch`` here; ``AffectGPT`` only embeds and runs it.
 
 - ``__call__``: tensors/arrays + per-sample subtitles and tasks (+ targets)
-- ``from_rows``: a columnar feature batch (numpy dict, as ``read_features`` or a Ray
-  Data shard yields it) with the hybrid task choice and modality dropping of training
+- ``from_rows``: a columnar feature batch (numpy dict, as ``features.shards.table_columns`` or a Ray Data
+  shard yields it) with the hybrid task choice and modality dropping of training
 - ``pack``: sequence packing for training: the samples of a batch share rows (``plan_rows``:
   longest first into the emptiest row), each with positions restarting at 0 and attention that never crosses into
   another sample, so almost no token the LLM computes is padding; the loss of every sample

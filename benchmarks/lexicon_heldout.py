@@ -8,7 +8,7 @@ and the report half of a seeded split (``ray_emer.eval.unibench.split_names``); 
 setting is chosen on the tuning half alone and its report-half F_s is the held-out
 number. Prints one table (F_s/P/R per half; ``*`` the shipped defaults, ``<`` the
 tuning half's choice), the decisions, the spread over ``--seeds`` splits, and one JSON
-object as the last line. See ``ray_emer/eval/lexicon_heldout.py`` for what is held out.
+object as the last line. See ``benchmarks/lexicon_grid.py`` for what is held out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ray_emer.eval.lexicon_heldout import SHIPPED, heldout, load_ovmerd, over_seeds, predict_grid
+from lexicon_grid import SHIPPED, heldout, load_ovmerd, over_seeds, predict_grid
 from ray_emer.eval.wheel import EmotionWheels
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

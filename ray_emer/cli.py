@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray_emer.errors import RayEmerError
+from ray_emer.progress import say
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +63,6 @@ def _table_or_json(formatter: str):
 
 def _key_value_lines(summary: dict) -> str:
     return "\n".join(f"{key:>14}: {value}" for key, value in summary.items())
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- shared flag groups
@@ -313,7 +310,7 @@ def call(cmd: Command, args: argparse.Namespace):
 
     values = {f.to: ns["cfg:" + f.to] for f in cmd.flags if f.to and ns["cfg:" + f.to] is not None}
     cfg = load_config(_load(cmd.config), ns["_config"], ns["_overrides"], values=values)
-    return func(cfg, log=_log, **kwargs)
+    return func(cfg, log=say, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

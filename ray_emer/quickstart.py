@@ -22,6 +22,7 @@ from ray_emer import storage
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
 from ray_emer.tracking import TrackingConfig, resolve_uri, tracking
+from ray_emer.progress import say
 
 
 def _synth(clips: int, seed: int, coarse: bool, splits: list[float]) -> SynthConfig:
@@ -97,7 +98,7 @@ def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: 
     return run_stage(stage_config(cfg, features, output, steps, init, split, name), log=log)
 
 
-def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
+def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
     from ray_emer.data.extraction import ExtractConfig
     from ray_emer.data.label_job import LabelJobConfig, read_labels, run_label
     from ray_emer.data.pipeline import run_extract

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ray_emer import storage
+from ray_emer.progress import say
 
 EMOTIONS = ("happy", "sad", "angry", "surprised", "worried", "neutral")
 
@@ -318,7 +319,7 @@ def emotion_of(label: str) -> str:
     return label
 
 
-def synth_job(cfg: SynthConfig, log=None, out: str = "") -> dict:
+def synth_job(cfg: SynthConfig, log=say, out: str = "") -> dict:
     """``ray-emer synth``: write the archive; returns its manifest URI and settings."""
     if not out:
         from ray_emer.config import ConfigError

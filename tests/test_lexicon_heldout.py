@@ -6,13 +6,16 @@ what benchmarks/RESULTS.md and the extractor's docstring quote.
 
 import json
 import runpy
+import sys
 
 import pytest
 
 from conftest import REPO
-from ray_emer.eval import lexicon_heldout
+
+sys.path.insert(0, str(REPO / "benchmarks"))  # the experiment's code lives beside its benchmark, not in the library
+import lexicon_grid as lexicon_heldout  # noqa: E402
 from ray_emer.eval.extract import LexiconExtractor
-from ray_emer.eval.lexicon_heldout import GRID, SHIPPED, Variant, heldout, load_ovmerd, over_seeds, predict_grid
+from lexicon_grid import GRID, SHIPPED, Variant, heldout, load_ovmerd, over_seeds, predict_grid
 from ray_emer.eval.unibench import EvalInputError
 from ray_emer.eval.wheel import EmotionWheels
 

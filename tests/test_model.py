@@ -34,7 +34,7 @@ def feats(b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def batch(model: AffectGPT, tasks=("description", "ov_labels"), has_video=None, has_audio=None, targets=True):
     v, a = feats(len(tasks))
     tg = ["In the video, the mouth curves up.", format_ov_labels(["happy", "excited"])][: len(tasks)] if targets else None
-    return model.make_batch(v, a, ["I won the prize!", None][: len(tasks)], list(tasks), has_video, has_audio, tg)
+    return model.processor(v, a, ["I won the prize!", None][: len(tasks)], list(tasks), has_video, has_audio, tg)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_placeholder_mismatch_names_both_numbers(model):
 
 def test_missing_modalities_adapt_the_prompt(model):
     v, a = feats(4)
-    b = model.make_batch(v, a, ["hi", "hi", "hi", "hi"], ["ov_labels"] * 4,
+    b = model.processor(v, a, ["hi", "hi", "hi", "hi"], ["ov_labels"] * 4,
                          has_video=[True, True, False, False], has_audio=[True, False, True, False])
     p = model.cfg.prompts
     assert [pr.count("Here>") for pr in b.prompts] == [3, 1, 1, 0]
@@ -98,12 +98,12 @@ def test_missing_modalities_adapt_the_prompt(model):
     assert "seen" not in b.prompts[2] and "heard" not in b.prompts[3]
     texts = model.generate(b, max_new_tokens=4)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
-    trained = model.make_batch(v, a, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
+    trained = model.processor(v, a, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
                                [True, False, True, False], targets=["calm"] * 4)
     assert torch.isfinite(model(trained).loss)
     # a missing modality's feature rows do not influence the answer
     emb = model.prompt_embeddings(b)[3]
-    b2 = model.make_batch(v * 10, a * 10, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
+    b2 = model.processor(v * 10, a * 10, ["hi"] * 4, ["ov_labels"] * 4, [True, True, False, False],
                           [True, False, True, False])
     assert torch.equal(model.prompt_embeddings(b2)[3], emb)
 
@@ -121,7 +121,7 @@ def test_generate_returns_text_and_matches_the_embeddings_path(model):
                                  eos_token_id=model.tokenizer.eos_token_id)
         assert model.tokenizer.decode(ids[0], skip_special_tokens=True).strip() == texts[i]
     # batching (left padding) does not change an answer
-    single = model.make_batch(b.video_feats[1:], b.audio_feats[1:], [None], ["ov_labels"])
+    single = model.processor(b.video_feats[1:], b.audio_feats[1:], [None], ["ov_labels"])
     assert model.generate(single, max_new_tokens=8) == [texts[1]]
 
 
@@ -249,7 +249,7 @@ def test_overfits_a_handful_of_pairs():
     for _step in range(120):
         tasks = [PromptBuilder.hybrid_task(rng, d, lab) for d, lab in zip(descs, labels, strict=True)]
         targets = [PromptBuilder.target(t, d, lab) for t, d, lab in zip(tasks, descs, labels, strict=True)]
-        b = m.make_batch(v, a, [None] * 6, tasks, targets=targets)
+        b = m.processor(v, a, [None] * 6, tasks, targets=targets)
         loss = m(b).loss
         opt.zero_grad()
         loss.backward()
@@ -258,7 +258,7 @@ def test_overfits_a_handful_of_pairs():
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < first / 10, (first, last)
     m.eval()
-    answers = m.generate(m.make_batch(v, a, [None] * 6, ["ov_labels"] * 6), max_new_tokens=16)
+    answers = m.generate(m.processor(v, a, [None] * 6, ["ov_labels"] * 6), max_new_tokens=16)
     assert sum(parse_ov_answer(ans) == lab for ans, lab in zip(answers, labels, strict=True)) >= 5
 
 
@@ -278,7 +278,7 @@ def test_prompt_builder_order_styles_and_targets():
         pb.prompt("x", "summarise", Modalities())
     cfg.prompts.style = "chat"
     m = AffectGPT.build(cfg)
-    chat = m.make_batch(*feats(1), ["hi"], ["ov_labels"], targets=["The character's emotional state is calm."])
+    chat = m.processor(*feats(1), ["hi"], ["ov_labels"], targets=["The character's emotional state is calm."])
     assert chat.prompts[0].startswith("<|im_start|>user\n") and chat.prompts[0].endswith("<|im_start|>assistant\n")
     assert torch.isfinite(m(chat).loss)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Literal
 
@@ -40,6 +39,7 @@ from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.model.checkpoint import checkpoint_id
 from ray_emer.schema import label_table
 from ray_emer.tracking import TrackingConfig, open_tracker, tracking
+from ray_emer.progress import say
 
 FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_audio", "video_feats", "audio_feats"]
 
@@ -149,9 +149,8 @@ def write_exports(labels: pd.DataFrame, output: str) -> dict[str, str]:
     return paths
 
 
-def run_label(cfg: LabelJobConfig, log=None) -> dict:
+def run_label(cfg: LabelJobConfig, log=say) -> dict:
     """Label every clip of ``cfg.input`` not yet labelled under ``cfg.output``; returns the summary."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not cfg.input or not cfg.output or not cfg.checkpoint:
         raise ConfigError("label needs --input, --output and --checkpoint (or input/output/checkpoint in the config)")
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):

@@ -35,6 +35,7 @@ from ray_emer.features.decode import decode_row
 from ray_emer.features.encoder import FeatureEncoder, effective_media, scripted_encoders
 from ray_emer.features.shards import write_features
 from ray_emer.tracking import open_tracker
+from ray_emer.progress import say
 
 
 def _decode(batch: pa.Table, media, asr) -> dict[str, np.ndarray]:
@@ -173,7 +174,7 @@ def _fused_tasks(cfg: ExtractConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) / (cfg.decode_cpus + cfg.encoder_cpus)))
 
 
-def run_extract(cfg: ExtractConfig, log=print) -> dict:
+def run_extract(cfg: ExtractConfig, log=say) -> dict:
     """Extract features for every clip of ``cfg.input`` not yet in ``cfg.output``; returns counts.
 
     ``first_shard_s``: seconds from the call to the first shard written (None when nothing was to do);

@@ -119,10 +119,6 @@ class AffectGPT(nn.Module):
         self.head = head if head is not None else MultimodalHead(cfg)
         self.processor = AffectGPTProcessor(cfg, tokenizer)
 
-    @property
-    def prompts(self):
-        return self.processor.prompts
-
     @classmethod
     def build(cls, cfg: AffectGPTConfig, dtype: torch.dtype = torch.float32, tokenizer=None,
               seed: int | None = None) -> AffectGPT:
@@ -253,11 +249,6 @@ class AffectGPT(nn.Module):
                                     eos_token_id=self.tokenizer.eos_token_id, **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def make_batch(self, video_feats, audio_feats, subtitles: list[str | None], tasks: list[str],
-                   has_video: list[bool] | None = None, has_audio: list[bool] | None = None,
-                   targets: list[str] | None = None) -> MultimodalBatch:
-        """Build a batch for feature rows with the model's own processor."""
-        return self.processor(video_feats, audio_feats, subtitles, tasks, has_video, has_audio, targets)
 
     def prompt_embedder(self) -> PromptEmbedder:
         """A detached copy of the parts that build prompt embeddings (head + input embedding table)."""

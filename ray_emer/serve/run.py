@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 from ray_emer.config import ConfigError
 from ray_emer.serve.settings import ServeArgs
+from ray_emer.progress import say
 
 
-def serve_local(args: ServeArgs, log=None, port: int = 8000, host: str = "127.0.0.1") -> int:
+def serve_local(args: ServeArgs, log=say, port: int = 8000, host: str = "127.0.0.1") -> int:
     """Serve ``args.checkpoint`` on http://HOST:PORT until SIGINT/SIGTERM; returns the exit code."""
     # Ray, Ray Serve and FastAPI (through app) load here, not at import: the CLI parses `serve` flags without them
     import ray
@@ -18,7 +18,6 @@ def serve_local(args: ServeArgs, log=None, port: int = 8000, host: str = "127.0.
 
     from ray_emer.serve.app import build_app
 
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not args.checkpoint:
         raise ConfigError("serve needs --checkpoint (or checkpoint in the config)")
     stop = threading.Event()

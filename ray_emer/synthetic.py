@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ray_emer import storage
+from ray_emer.config import ConfigError
 from ray_emer.progress import say
 
 EMOTIONS = ("happy", "sad", "angry", "surprised", "worried", "neutral")
@@ -322,8 +323,6 @@ def emotion_of(label: str) -> str:
 def synth_job(cfg: SynthConfig, log=say, out: str = "") -> dict:
     """``ray-emer synth``: write the archive; returns its manifest URI and settings."""
     if not out:
-        from ray_emer.config import ConfigError
-
         raise ConfigError("synth needs --out (a folder or s3:// prefix)")
     return {"manifest": write_archive(out, cfg), "clips": cfg.clips, "seed": cfg.seed, "coarse": cfg.coarse}
 

@@ -14,6 +14,7 @@ Error rows and clips without a label row count as wrong (empty predictions).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -24,6 +25,8 @@ import pyarrow as pa
 from ray_emer import storage
 from ray_emer.eval.extract import lexicon_sentiment
 from ray_emer.eval.metrics import emer_set_metrics, emer_wheel_metrics, hit_rate, ov_fscore
+from ray_emer.eval.report import write_report
+from ray_emer.eval.text_overlap import text_overlap
 from ray_emer.eval.wheel import EmotionWheels
 
 
@@ -75,8 +78,6 @@ def score_labels(labels: pd.DataFrame, gold: dict[str, dict], wheels: EmotionWhe
         out["per_emotion"] = _per_emotion(with_labels, pred)
     with_desc = {c: g["description"] for c, g in gold.items() if g["description"]}
     if with_desc:
-        from ray_emer.eval.text_overlap import text_overlap
-
         out["text"] = text_overlap(with_desc, {c: desc.get(c, "") or "" for c in with_desc})
     return out
 
@@ -93,8 +94,6 @@ def _per_emotion(gold: dict[str, dict], pred: dict[str, list[str]]) -> dict[str,
 
 def write_label_report(scores: dict, out_dir: str) -> dict[str, str]:
     """``report.json``/``.md``/``.png`` under ``out_dir`` (local or ``s3://``); returns local or remote paths."""
-    from ray_emer.eval.report import write_report
-
     flat = {"title": "Labelled set vs gold", **{k: v for k, v in scores.items() if not isinstance(v, dict)}}
     for section in ("emer", "ov", "text"):
         for k, v in (scores.get(section) or {}).items():
@@ -103,8 +102,6 @@ def write_label_report(scores: dict, out_dir: str) -> dict[str, str]:
     if not storage.is_remote(out_dir):
         paths = write_report(flat, out_dir)
         with open(os.path.join(out_dir, "scores.json"), "w") as fh:
-            import json
-
             json.dump(scores, fh, indent=2, default=str)
         return paths
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ray_emer.infer.engine import GenerationConfig
-from ray_emer.infer.vllm_engine import VLLMSettings
+from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, lexicon_sentiment
+from ray_emer.eval.wheel import EmotionWheels
+from ray_emer.infer.engine import GenerationConfig, HFEngine
+from ray_emer.infer.vllm_engine import VLLMEngine, VLLMSettings
 from ray_emer.model.prompts import parse_ov_answer
 
 
@@ -56,7 +58,8 @@ def _error_text(exc: BaseException) -> str:
 
 class Labeller:
     def __init__(self, checkpoint: str, cfg: LabellerConfig | None = None, model_id: str | None = None) -> None:
-        from ray_emer.model.checkpoint import checkpoint_id, load_checkpoint
+        # the model modules (transformers, peft) load with a labeller, not with its config (read by light parsers)
+        from ray_emer.model.checkpoint import checkpoint_id, export_llm, load_checkpoint
 
         self.cfg = cfg or LabellerConfig()
         device = _device(self.cfg)
@@ -65,13 +68,8 @@ class Labeller:
         self.processor = model.processor
         gen = GenerationConfig(batch_size=self.cfg.batch_size)
         if self.cfg.engine == "hf":
-            from ray_emer.infer.engine import HFEngine
-
             self.embed, self.engine = model.prompt_embeddings, HFEngine(model.llm, model.tokenizer, gen)
         elif self.cfg.engine == "vllm":
-            from ray_emer.infer.vllm_engine import VLLMEngine
-            from ray_emer.model.checkpoint import export_llm
-
             self._engine_dir = tempfile.TemporaryDirectory(prefix="ray_emer-engine-")
             export_llm(model, self._engine_dir.name)  # LoRA merged: the engine serves a plain model
             self.embed = model.prompt_embedder()  # head + embedding table; the decoder lives in vLLM only
@@ -82,19 +80,13 @@ class Labeller:
         self.extractor = self._extractor()
 
     def _extractor(self):
-        from ray_emer.eval.extract import LexiconExtractor, LLMExtractor
-
         if self.cfg.labels_from == "lexicon":
             if not self.cfg.wheel_dir:
                 raise ValueError("labels_from: lexicon needs wheel_dir (the emotion-wheel tables)")
-            from ray_emer.eval.wheel import EmotionWheels
-
             return LexiconExtractor(EmotionWheels.load(self.cfg.wheel_dir))
         if self.cfg.labels_from == "llm":
             if not self.cfg.extractor_model:
                 raise ValueError("labels_from: llm needs extractor_model (a text LLM name or local path)")
-            from ray_emer.infer.engine import HFEngine
-
             return LLMExtractor(HFEngine.from_pretrained(self.cfg.extractor_model))
         if self.cfg.labels_from != "model":
             raise ValueError(f"unknown labels_from {self.cfg.labels_from!r}; known: model, lexicon, llm")
@@ -103,8 +95,6 @@ class Labeller:
     # ------------------------------------------------------------ rows
     def _row(self, clip_id: str, status: str = "ok", error: str = "", description: str = "",
              labels: list[str] | None = None, timings: dict | None = None, tokens: int = 0) -> dict:
-        from ray_emer.eval.extract import lexicon_sentiment
-
         labels = labels or []
         return {"clip_id": clip_id, "description": description if status == "ok" else "", "labels": labels,
                 "sentiment": lexicon_sentiment(labels) if status == "ok" else "", "status": status, "error": error,

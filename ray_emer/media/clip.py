@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from ray_emer import storage
+from ray_emer.config import ConfigError
 from ray_emer.media.audio import SAMPLE_RATE, audio_windows, decode_audio
 from ray_emer.media.errors import MediaError
 from ray_emer.media.faces import face_frames
@@ -30,8 +32,6 @@ class MediaConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_decoded_share <= 1.0:
-            from ray_emer.config import ConfigError
-
             raise ConfigError(f"media.min_decoded_share: {self.min_decoded_share!r} is not a share in [0, 1]")
 
 
@@ -82,8 +82,6 @@ def decode_uri(video_uri: str, audio_uri: str | None = None, cfg: MediaConfig | 
 
     Raises ``MediaError`` for a bad clip and ``storage.StorageError`` for a missing or unreadable URI.
     """
-    from ray_emer import storage
-
     if not video_uri:  # a manifest row no video file matched (ray-emer manifest keeps such published names)
         raise MediaError("<empty video_uri>", "not_found", "no video file matched this clip (empty video_uri)")
     with storage.local_copy(video_uri) as video:
@@ -130,8 +128,6 @@ def decode_summary(file: str, audio: str | None = None, num_frames: int = 8, siz
     """``ray-emer decode``: decode one clip as the pipeline does and describe the result.
 
     A missing or unreadable file is a ``MediaError`` (``not_found``) like any other bad file."""
-    from ray_emer import storage
-
     cfg = MediaConfig(num_frames=num_frames, frame_size=size, max_duration_s=max_duration, video_backend=backend,
                       min_decoded_share=min_decoded_share)
     try:

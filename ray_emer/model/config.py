@@ -13,6 +13,7 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+from ray_emer import storage
 from ray_emer.config import ConfigError, from_dict, load_config, to_dict
 
 Setting = Literal["frozen", "full", "lora"]
@@ -177,8 +178,6 @@ def get_preset(name: str) -> AffectGPTConfig:
 
 def resolve_model_config(preset: str, overrides: list[str] | None = None) -> AffectGPTConfig:
     """A preset name or a checkpoint directory (its ``config.json``), then dotted overrides."""
-    from ray_emer import storage
-
     if preset in PRESETS:
         base = to_dict(get_preset(preset))
     elif storage.exists(storage.join(preset, "config.json")):

@@ -12,12 +12,15 @@ rows it produces, so features can be computed once and cached (docs/architecture
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_emer.model.config import AffectGPTConfig
+from ray_emer.model.config import AffectGPTConfig, encoder_image_size
 from ray_emer.model.seeding import seeded
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -91,16 +94,12 @@ class Encoders(nn.Module):
     def export_scripted(self, directory: str, window_samples: int) -> str:
         """Trace both towers (fp32 on CPU) into ``directory`` (``vision.pt``, ``audio.pt``); ``load_scripted``
         brings them back with torch alone."""
-        import os
-
         if self.scripted:
             raise ValueError("these encoders are already scripted")
         os.makedirs(directory, exist_ok=True)
         s = self.image_size
         examples = (torch.zeros(2, 3, s, s, dtype=self._param.dtype, device=self._param.device),
                     torch.zeros(2, int(window_samples), dtype=self._param.dtype, device=self._param.device))
-        import warnings
-
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen: the inputs' sizes are fixed
             for name, tower, example in zip(SCRIPTED_FILES, self._towers, examples, strict=True):
@@ -110,15 +109,11 @@ class Encoders(nn.Module):
     @classmethod
     def load_scripted(cls, directory: str, cfg: AffectGPTConfig) -> Encoders:
         """The towers ``export_scripted`` wrote, on CPU in fp32 (no transformers import)."""
-        import os
-
         vision, audio = (torch.jit.load(os.path.join(directory, f), map_location="cpu") for f in SCRIPTED_FILES)
         return cls(vision, audio, cfg, scripted=True)
 
     @property
     def image_size(self) -> int:
-        from ray_emer.model.config import encoder_image_size
-
         return encoder_image_size(self.cfg)
 
     @property

@@ -12,15 +12,15 @@ import dataclasses
 import torch
 
 from ray_emer.model.affectgpt import apply_trainable, build_llm, parameter_table
-from ray_emer.model.config import AffectGPTConfig, TrainableConfig, get_preset
+from ray_emer.model.config import AffectGPTConfig, TrainableConfig, get_preset, resolve_model_config
+from ray_emer.model.encoders import Encoders
 from ray_emer.model.head import MultimodalHead
+from ray_emer.model.tokenizer import build_tokenizer
 
 
 def _vocab_size(cfg: AffectGPTConfig) -> int:
     if "vocab_size" in cfg.llm_config:
         return int(cfg.llm_config["vocab_size"])
-    from ray_emer.model.tokenizer import build_tokenizer
-
     return len(build_tokenizer(cfg))
 
 
@@ -36,8 +36,6 @@ def inspect_model(cfg: AffectGPTConfig | str, trainable: TrainableConfig | None 
         llm = apply_trainable(llm, head, trainable or cfg.trainable, cfg.lora)
         named = [(f"head.{n}", p) for n, p in head.named_parameters()] + list(llm.named_parameters())
         if encoders:
-            from ray_emer.model.encoders import Encoders
-
             enc = Encoders.build(random_cfg, device="meta")
             named += [(f"encoders.{n}", p) for n, p in enc.named_parameters()]
     table = parameter_table(named)
@@ -61,6 +59,4 @@ def format_table(report: dict) -> str:
 
 def inspect_preset(preset: str, overrides: list[str] | None = None, encoders: bool = True) -> dict:
     """``ray-emer model inspect``: a preset name or checkpoint directory, with dotted config overrides."""
-    from ray_emer.model.config import resolve_model_config
-
     return inspect_model(resolve_model_config(preset, overrides), encoders=encoders)

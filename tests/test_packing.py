@@ -13,7 +13,8 @@ from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import get_preset
 from ray_emer.model.processing import plan_rows
 from ray_emer.synthetic import length_mix_rows
-from ray_emer.train.loop import DataConfig, OptimConfig, TrainConfig, TrainState, batches, rebatch, stack_batch, train
+from ray_emer.train.epoch import TrainState, rebatch
+from ray_emer.train.loop import DataConfig, OptimConfig, TrainConfig, batches, stack_batch, train
 
 
 @pytest.fixture(scope="module")

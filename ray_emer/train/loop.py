@@ -29,6 +29,7 @@ from ray_emer.model.config import TrainableConfig
 from ray_emer.model.processing import label_list
 from ray_emer.model.prompts import parse_ov_answer
 from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
+from ray_emer.train.epoch import EpochFeed, TrainState
 
 
 @dataclasses.dataclass
@@ -227,62 +228,6 @@ def micro_step(model: AffectGPT, batch: dict, data: DataConfig, rng: random.Rand
     return {"loss": loss.item(), "tokens": mb.real_tokens, "positions": positions}
 
 
-@dataclasses.dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    losses: list[float] = dataclasses.field(default_factory=list)  # per optimizer step
-    samples: int = 0
-    # Where the run is in its epoch: the clip ids whose gradients are in the weights. ``epoch_seen``: this
-    # rank's since the (re)start; ``epoch_restored``: every rank's up to the checkpoint a resumed run began
-    # at. A resumed epoch goes on with the rest of its rows: none twice, none skipped.
-    epoch_seen: list[str] = dataclasses.field(default_factory=list)
-    epoch_restored: list[str] = dataclasses.field(default_factory=list)
-    last_epoch: dict | None = None  # the last finished epoch's {"epoch", "restored", "seen"} (reports, tests)
-
-
-def rebatch(batches: Iterable[dict], keep: Callable[[str], bool], batch_size: int) -> Iterator[dict]:
-    """Columnar batches -> the rows whose ``clip_id`` ``keep`` accepts, regrouped into ``batch_size`` batches."""
-    buf: list[dict] = []
-    for batch in batches:
-        rows = [i for i, cid in enumerate(batch["clip_id"]) if keep(str(cid))]
-        if rows:
-            buf.append({k: v[rows] for k, v in batch.items()})
-        while sum(len(b["clip_id"]) for b in buf) >= batch_size:
-            merged = {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-            yield {k: v[:batch_size] for k, v in merged.items()}
-            rest = {k: v[batch_size:] for k, v in merged.items()}
-            buf = [rest] if len(rest["clip_id"]) else []
-    if buf:
-        yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-
-
-def _world() -> tuple[int, str]:
-    """(world size, device type of collectives) of the initialised process group, (1, "") without one."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1, ""
-    return dist.get_world_size(), "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-
-def _joined(batches: Iterable[dict]) -> Iterator[dict | None]:
-    """Every rank's batches until every rank is out: a rank whose data ends first gets ``None`` (an idle,
-    zero-weight micro-step) while others still have some, so all ranks run the same collectives. Ray Data
-    splits rows evenly, but a resumed epoch's remaining rows need not be spread evenly over the ranks."""
-    world, device = _world()
-    it = iter(batches)
-    while True:
-        batch = next(it, None)
-        if world > 1:
-            flag = torch.tensor([0 if batch is None else 1], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if not int(flag.item()):
-                return
-        elif batch is None:
-            return
-        yield batch
-
-
 def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
           val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
           optimizer=None, on_step: Callable[[TrainState], None] | None = None) -> TrainState:
@@ -302,30 +247,18 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     model.train()
     t_log, samples_log, tokens_log, positions_log = time.perf_counter(), 0, 0, 0
     by_steps = cfg.max_steps > 0  # else by epochs: a resumed epoch ends when its remaining rows do
-    idle: dict | None = None  # a batch an out-of-data rank runs at zero weight (its first, kept across epochs)
+    feed = EpochFeed(epoch_batches, cfg.data.batch_size)
 
     def finished() -> bool:
         return state.step >= total_steps if by_steps else state.epoch >= cfg.epochs
 
     while not finished():
-        micro, running, raw, pending = 0, 0.0, 0, []
-        seen = set(state.epoch_restored) | set(state.epoch_seen)
-
-        def counted(epoch: int) -> Iterator[dict]:
-            nonlocal raw, idle
-            for b in epoch_batches(epoch):
-                raw += 1
-                idle = b if idle is None else idle
-                yield b
-
-        source = counted(state.epoch)
-        if seen:
-            source = rebatch(source, lambda cid: cid not in seen, cfg.data.batch_size)
-        for batch in _joined(source):
-            if batch is None and idle is None:  # (re-reading the data here could deadlock a streaming split)
+        micro, running, pending = 0, 0.0, []
+        for batch in feed.epoch(state):
+            if batch is None and feed.idle is None:  # (re-reading the data here could deadlock a streaming split)
                 raise TrainDataError(f"epoch {state.epoch}: this rank got no rows while others did (fewer rows "
                                      f"than workers?); {state.step} of {total_steps} steps done")
-            out = micro_step(model, batch if batch is not None else idle, cfg.data, rng, accum,
+            out = micro_step(model, batch if batch is not None else feed.idle, cfg.data, rng, accum,
                              weight=1.0 if batch is not None else 0.0)
             if batch is not None:
                 running += out["loss"]
@@ -361,7 +294,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
             if by_steps and state.step >= total_steps:
                 break
         else:  # the epoch's data ran out (not the step budget): the next epoch starts from all rows
-            if not raw:  # an empty epoch would loop forever without a step
+            if not feed.raw:  # an empty epoch would loop forever without a step
                 raise TrainDataError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
             state.last_epoch = {"epoch": state.epoch, "restored": state.epoch_restored, "seen": state.epoch_seen}
             state.epoch += 1

@@ -79,7 +79,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     # the export holds what the two sharded workers trained: its loss is below the untrained model's
     import torch
 
-    from ray_emer.train.run import build_model
+    from ray_emer.train.stage import build_model
 
     with torch.no_grad():
         fresh = build_model(dataclasses.replace(cfg, output="")).eval()

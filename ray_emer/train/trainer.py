@@ -7,7 +7,9 @@ FSDP2, resume from ``ray.train.get_checkpoint()`` when Ray restarted the group, 
 ``loop.train`` on this worker's dataset shard, write torch.distributed.checkpoint
 shards every ``checkpoint_every`` steps (every rank reports its own files; Ray merges
 them), then gather the full weights and export the checkpoint directory from rank 0.
-Train V2 rejects ``MLflowLoggerCallback``, so rank 0 logs to MLflow itself.
+Train V2 rejects ``MLflowLoggerCallback``, so rank 0 logs to MLflow itself. What the
+local engine does too (building the model, checking inputs, logging, the summary) comes
+from ``stage.py``; this module never imports the local driver, nor it this one.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ray_emer.train.loop import (
     usable_row,
     validate,
 )
-from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
+from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_summary
 
 # the directory name of the small checkpoint a finished run reports its summary with (no training state)
 FINAL_CHECKPOINT = "final"
@@ -254,7 +256,6 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ray_emer.data.pipeline import ensure_ray, use_gpu
-    from ray_emer.train.run import check_io, stage_summary
 
     check_io(cfg)
     t0 = time.perf_counter()

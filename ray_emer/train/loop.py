@@ -235,8 +235,9 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     (``total_steps`` also shapes the lr schedule); ``epoch_batches(epoch)`` yields that epoch's batches.
 
     ``state``/``optimizer`` resume a run: a resumed epoch continues where the state says (its rows
-    not in ``state.epoch_seen``, whatever order the data comes in). ``on_step`` is the seam for
-    checkpointing and fault injection (the Ray Train wiring uses it; the loop itself knows nothing of Ray).
+    not in ``state.epoch_seen``, whatever order the data comes in). ``on_step(state)`` runs after every
+    optimizer step: the seam for checkpointing and for a caller's own hook (the Ray Train wiring uses it for
+    both; the loop itself knows nothing of Ray).
     """
     tracker = tracker or NullTracker()
     state = state or TrainState()

@@ -14,7 +14,8 @@ from ray_emer.train.loop import TrainConfig
 
 def run_stage(cfg: TrainConfig, log=print, **engine_options) -> dict:
     """Train one stage where ``cfg.scaling.engine`` says: ``local`` (this process) or ``ray`` (Ray Train;
-    joins a running cluster, else starts a local one). ``engine_options`` go to the Ray engine. Returns ``stage_summary``; each engine checks the stage's inputs (``check_io``) once."""
+    joins a running cluster, else starts a local one). ``engine_options`` go to the Ray engine (e.g.
+    ``on_step``). Returns ``stage_summary``; each engine checks the stage's inputs (``check_io``) once."""
     if cfg.scaling.engine == "local":
         if engine_options:
             raise TypeError(f"the local engine takes no options: {sorted(engine_options)}")

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import ray
 import ray.train
@@ -53,11 +54,6 @@ def _device() -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-def _fault_marker(cfg: TrainConfig, rank: int, step: int) -> str:
-    os.makedirs(_storage_path(cfg), exist_ok=True)
-    return os.path.join(_storage_path(cfg), f".fault_injected_rank{rank}_step{step}")
 
 
 def _seen_record(state: TrainState) -> dict:
@@ -158,7 +154,7 @@ def train_worker(config: dict) -> None:
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
     tracker = make_tracker(config["tracking_uri"], cfg.tracking.experiment, rank=rank, run_id=run_id) if run_id \
         else NullTracker()
-    fault_rank, fault_step = config.get("fault") or (-1, -1)
+    hook = config.get("on_step")  # the caller's own (run_ray_training's on_step), e.g. a test's injected crash
     if state is None:
         log_stage_params(tracker, cfg, model, world)
     shard = ray.train.get_dataset_shard("train")
@@ -167,14 +163,8 @@ def train_worker(config: dict) -> None:
         return shard.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy")
 
     def on_step(st: TrainState) -> None:
-        marker = _fault_marker(cfg, rank, st.step) if (rank, st.step) == (fault_rank, fault_step) else None
-        if marker and not os.path.exists(marker):
-            open(marker, "w").close()
-            # Ray's controller registers reported checkpoints asynchronously: a crash in the same instant as the
-            # last report can lose that checkpoint (the group then restarts from an older one, or from scratch).
-            # The injected fault waits until the last report is surely registered, so a test can demand the resume.
-            time.sleep(5)
-            os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
+        if hook is not None:
+            hook(st, rank)
         every = cfg.scaling.checkpoint_every
         if every and st.step % every == 0 and st.step < steps:
             _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
@@ -249,9 +239,13 @@ def _dataset(cfg: TrainConfig, log=print) -> tuple[ray.data.Dataset, bool]:
     return ds, True
 
 
-def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None = None) -> dict:
+def run_ray_training(cfg: TrainConfig, log=print,
+                     on_step: Callable[[TrainState, int], None] | None = None) -> dict:
     """Train one stage with Ray Train (joins a running cluster, else starts a local one); ``run_stage`` with
-    ``scaling.engine: ray``. ``fault=(rank, step)`` (tests only) crashes that rank once right after that step."""
+    ``scaling.engine: ray``. ``on_step(state, rank)``, when given, runs in every worker after each optimizer
+    step, before that step's checkpoint (tests crash a rank with it). It reaches the workers inside
+    ``train_loop_config``, which Ray ships with cloudpickle: a function the workers can import travels by
+    reference, one they cannot (a closure, a test module's function) by value."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -285,7 +279,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     train_ds, cached = _dataset(cfg, log)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "fault": fault,
+        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "on_step": on_step,
                            "mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=gpu,

@@ -18,7 +18,7 @@ from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import get_preset
 from ray_emer.synthetic import SynthConfig
 from ray_emer.errors import TrainDataError
-from ray_emer.config import ConfigError
+from ray_emer.config import ConfigError, load_config
 from ray_emer.model.config import TrainableConfig
 from ray_emer.train.loop import (
     DataConfig,
@@ -250,3 +250,17 @@ def test_a_stage_checks_its_inputs_once(engine, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="training needs features and output"):
         run_stage(TrainConfig(scaling=ScalingConfig(engine=engine)), log=lambda m: None)
 
+
+def test_trainable_is_set_in_one_place_and_a_conflicting_model_override_fails():
+    """The stage's ``trainable`` is the source: a ``model_overrides`` entry saying otherwise was silently replaced
+    by it; now it is an error naming both values. One that agrees (or names other keys) is fine."""
+    with pytest.raises(ConfigError, match=r"model_overrides say trainable.llm=full, the stage's own setting "
+                                          r"trainable.llm=lora"):
+        TrainConfig(model_overrides=["trainable.llm=full"])
+    with pytest.raises(ConfigError, match=r"trainable.head=frozen.*trainable.head=full"):
+        load_config(TrainConfig, None, ["model_overrides=[trainable.head=frozen]"])
+    agreed = TrainConfig(trainable=TrainableConfig(head="frozen", llm="full"),
+                         model_overrides=["trainable.llm=full", "fusion=none"])
+    model = build_model(agreed)
+    assert model.cfg.trainable == TrainableConfig(head="frozen", llm="full") and model.cfg.fusion == "none"
+    assert not any(p.requires_grad for p in model.head.parameters())

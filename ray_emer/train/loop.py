@@ -23,9 +23,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ray_emer.config import ConfigError, load_config, parse_override
 from ray_emer.errors import TrainDataError
 from ray_emer.model.affectgpt import AffectGPT
-from ray_emer.model.config import TrainableConfig
+from ray_emer.model.config import AffectGPTConfig, TrainableConfig
 from ray_emer.model.processing import label_list
 from ray_emer.model.prompts import parse_ov_answer
 from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
@@ -86,6 +87,8 @@ class TrainConfig:
     preset: str = "tiny"  # model preset (ignored with init)
     init: str = ""  # checkpoint directory of an earlier stage
     model_overrides: list[str] = dataclasses.field(default_factory=list)  # e.g. ["fusion=none"]
+    # What the stage trains: the one place to set it (the model config's trainable records it; a
+    # model_overrides entry that says otherwise is an error, see check_trainable_once)
     trainable: TrainableConfig = dataclasses.field(default_factory=TrainableConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -98,6 +101,27 @@ class TrainConfig:
     val_samples: int = 64
     val_max_new_tokens: int = 24
     seed: int = 0  # model initialisation (head, random LLM, LoRA), data order and task sampling
+
+    def __post_init__(self) -> None:
+        check_trainable_once(self.trainable, self.model_overrides)
+
+
+def check_trainable_once(trainable: TrainableConfig, model_overrides: list[str]) -> None:
+    """A stage's ``trainable`` has one source: its own setting, which ``build_model`` writes into the model
+    config. A ``model_overrides`` entry (``trainable.llm=full``) that names a component differently would
+    be overwritten without a word: it is a ``ConfigError`` giving both values (an equal one is harmless)."""
+    entries = [o for o in model_overrides if o.strip().startswith("trainable")]
+    if not entries:
+        return
+    keys = {parse_override(o)[0] for o in entries}
+    given = load_config(AffectGPTConfig, None, entries).trainable
+    clash = [f.name for f in dataclasses.fields(TrainableConfig)
+             if keys & {"trainable", f"trainable.{f.name}"} and getattr(given, f.name) != getattr(trainable, f.name)]
+    if clash:
+        raise ConfigError("trainable is set twice: model_overrides say "
+                          + ", ".join(f"trainable.{c}={getattr(given, c)}" for c in clash) + ", the stage's own setting "
+                          + ", ".join(f"trainable.{c}={getattr(trainable, c)}" for c in clash)
+                          + "; set it once, under the stage's trainable (the model config only records it)")
 
 
 # ---------------------------------------------------------------- data

@@ -240,7 +240,7 @@ def test_a_stage_checks_its_inputs_once(engine, tmp_path, monkeypatch):
         if hasattr(mod, "check_io"):
             monkeypatch.setattr(mod, "check_io", counted)
     monkeypatch.setattr("ray_emer.train.local.read_features", stop)
-    monkeypatch.setattr("ray_emer.data.pipeline.ensure_ray", stop)  # imported where run_ray_training runs
+    monkeypatch.setattr("ray_emer.train.trainer.ensure_ray", stop)
     from ray_emer.train.run import run_stage
 
     cfg = TrainConfig(features=str(tmp_path / "f"), output=str(tmp_path / "o"), scaling=ScalingConfig(engine=engine))

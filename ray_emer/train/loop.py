@@ -155,6 +155,8 @@ def train_exclude(cfg: TrainConfig) -> str:
 
 def feature_rows(table, split: str, exclude: str = "") -> list[dict]:
     """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
+    # here, not at the top: data.features brings media decoding and ASR, which the loop (imported by the
+    # config table, benchmarks and every Ray worker) otherwise never needs
     from ray_emer.data.features import feature_arrays
 
     video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")

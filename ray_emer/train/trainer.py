@@ -21,14 +21,27 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import pyarrow.dataset as pads
 import ray
 import ray.train
 import torch
+import torch.distributed.checkpoint as dcp
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_emer import storage
 from ray_emer.config import from_dict, to_dict
 from ray_emer.data.features import read_features
+from ray_emer.data.pipeline import ensure_ray, use_gpu
+from ray_emer.model.checkpoint import save_checkpoint
 from ray_emer.tracking import NullTracker, make_tracker, open_tracker, resolve_uri
+from ray_emer.train.fsdp import (
+    full_state_dict,
+    load_sharded_state,
+    shard_model,
+    sharded_state,
+    state_fingerprint,
+)
 from ray_emer.train.loop import (
     TrainConfig,
     TrainState,
@@ -62,10 +75,6 @@ def _seen_record(state: TrainState) -> dict:
 
 
 def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    from ray_emer.train.fsdp import sharded_state, state_fingerprint
-
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as tmp:
         dcp.save(sharded_state(model, opt), checkpoint_id=tmp)
@@ -86,10 +95,6 @@ def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> Non
 def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
     """Restore model, optimizer, scheduler and loop state from the last checkpoint Ray hands back; verify
     against the fingerprint this rank wrote when saving. -> (state, {"saved": ..., "loaded": ...}) or None."""
-    import torch.distributed.checkpoint as dcp
-
-    from ray_emer.train.fsdp import load_sharded_state, sharded_state, state_fingerprint
-
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None
@@ -123,9 +128,6 @@ def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
 
 def _export(model, cfg: TrainConfig, rank: int) -> None:
     """Gather the unsharded weights (collective) and write the checkpoint directory from rank 0."""
-    from ray_emer.model.checkpoint import save_checkpoint
-    from ray_emer.train.fsdp import full_state_dict
-
     full = full_state_dict(model)
     if rank == 0:
         plain = build_model(cfg)
@@ -135,8 +137,6 @@ def _export(model, cfg: TrainConfig, rank: int) -> None:
 
 def train_worker(config: dict) -> None:
     """``train_loop_per_worker``: one rank of one stage."""
-    from ray_emer.train.fsdp import shard_model
-
     cfg = from_dict(TrainConfig, config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -246,11 +246,6 @@ def run_ray_training(cfg: TrainConfig, log=print,
     step, before that step's checkpoint (tests crash a rank with it). It reaches the workers inside
     ``train_loop_config``, which Ray ships with cloudpickle: a function the workers can import travels by
     reference, one they cannot (a closure, a test module's function) by value."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from ray_emer.data.pipeline import ensure_ray, use_gpu
-
     check_io(cfg)
     t0 = time.perf_counter()
     ensure_ray()
@@ -264,8 +259,6 @@ def run_ray_training(cfg: TrainConfig, log=print,
     steps = total_steps(n_train, cfg, sc.workers)
     val_rows = []
     if cfg.val_samples and cfg.data.val_split:  # only the validation split's features come to the driver
-        import pyarrow.dataset as pads
-
         val = read_features(cfg.features, filter=pads.field("split") == cfg.data.val_split)
         val_rows = feature_rows(val, cfg.data.val_split)[: cfg.val_samples]
     log(f"[train] {n_train} train rows on {sc.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")

@@ -395,7 +395,8 @@ def training(sh: Shape, work: str, rec: dict, opts: dict) -> None:
     from ray_emer.model.affectgpt import AffectGPT
     from ray_emer.synthetic import length_mix_rows
     from ray_emer.train.fsdp import shard_model
-    from ray_emer.train.loop import DataConfig, OptimConfig, make_optimizer, micro_step, stack_batch
+    from ray_emer.features.columns import to_columns
+    from ray_emer.train.loop import DataConfig, OptimConfig, make_optimizer, micro_step
 
     device = torch.device("cuda", torch.cuda.current_device()) if cuda() else torch.device("cpu")
     dtype, cfg, data = compute_dtype(), model_config(sh), DataConfig(batch_size=sh.train_batch)
@@ -424,7 +425,7 @@ def training(sh: Shape, work: str, rec: dict, opts: dict) -> None:
         times, tokens, positions, losses = [], 0, 0, []
         with GpuSampler(first_gpu()) as sampler:
             for k in range(sh.train_steps + 1):  # step 0 warms up
-                batch = stack_batch(rows[k * sh.train_batch:(k + 1) * sh.train_batch])
+                batch = to_columns(rows[k * sh.train_batch:(k + 1) * sh.train_batch])
                 sync()
                 t0 = time.perf_counter()
                 out = micro_step(model, batch, data, random.Random(k))
@@ -484,7 +485,7 @@ def label_rows(sh: Shape, work: str) -> tuple[list[dict], str]:
 
 def labelling(sh: Shape, work: str, rec: dict, opts: dict) -> None:
     from ray_emer.infer.labeller import Labeller
-    from ray_emer.train.loop import stack_batch
+    from ray_emer.features.columns import to_columns
 
     ckpt = checkpoint(sh, work)
     engine = resolve_engine(opts.get("engine", "auto"))
@@ -499,13 +500,13 @@ def labelling(sh: Shape, work: str, rec: dict, opts: dict) -> None:
     labeller = Labeller(ckpt, lcfg)
     rec["load_s"] = round(time.perf_counter() - t0, 2)
     rec["engine"] = labeller.engine.name
-    labeller.label_batch(stack_batch(rows[: lcfg.batch_size]))  # warm-up
+    labeller.label_batch(to_columns(rows[: lcfg.batch_size]))  # warm-up
     out = []
     with GpuSampler(first_gpu()) as sampler:
         sync()
         t0 = time.perf_counter()
         for i in range(0, len(rows), lcfg.batch_size):
-            out.extend(labeller.label_batch(stack_batch(rows[i:i + lcfg.batch_size])))
+            out.extend(labeller.label_batch(to_columns(rows[i:i + lcfg.batch_size])))
         sync()
         wall = time.perf_counter() - t0
     del labeller

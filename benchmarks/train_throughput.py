@@ -57,7 +57,7 @@ from ray_emer.data.manifest import read_manifest
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import AffectGPTConfig, get_preset, resolve_model_config
 from ray_emer.synthetic import SynthConfig, length_mix_rows, write_archive
-from ray_emer.train.loop import DataConfig, OptimConfig, feature_rows, make_optimizer, micro_step, stack_batch
+from ray_emer.train.loop import DataConfig, OptimConfig, feature_rows, make_optimizer, micro_step
 
 SIZES = {"tiny": ("tiny", 8, 10), "mid": ("affectgpt-qwen2.5-0.5b", 2, 5)}  # preset, batch size, timed steps
 
@@ -100,7 +100,7 @@ def real_scale(args, rows: list[dict], records: dict, media, work: str) -> None:
     chunk = [rows[i] for i in pick.sample(range(len(rows)), args.batch_size)]
 
     def real_batch() -> dict:
-        batch = stack_batch(chunk)
+        batch = to_columns(chunk)
         n = len(chunk)  # feature values do not change the cost; their shapes are the published ones
         batch["video_feats"] = np.random.default_rng(0).standard_normal((n, 8, real.video_dim), np.float32)
         batch["audio_feats"] = np.random.default_rng(1).standard_normal((n, 8, real.audio_dim), np.float32)
@@ -181,7 +181,7 @@ def step_overhead(size: str, steps: int | None = None, batch_size: int | None = 
         """What loop.train does per optimizer step: rows -> batch -> processor -> head -> LLM -> backward ->
         clip -> AdamW (weight decay groups, LoRA + head) -> zero grads."""
         t = time.perf_counter()
-        out = micro_step(model, stack_batch(chunks[k]), data, random.Random(k))
+        out = micro_step(model, to_columns(chunks[k]), data, random.Random(k))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -189,7 +189,7 @@ def step_overhead(size: str, steps: int | None = None, batch_size: int | None = 
         return time.perf_counter() - t, out
 
     def bare_step(k: int) -> float:
-        mb = model.processor.from_rows(stack_batch(chunks[k]), "hybrid", random.Random(k), pack=True,
+        mb = model.processor.from_rows(to_columns(chunks[k]), "hybrid", random.Random(k), pack=True,
                                        row_length=pack_length)
         inputs = bare_inputs(model, mb)
         t = time.perf_counter()
@@ -300,7 +300,7 @@ def published_comparison(args) -> dict:
     def published_batch(chunk):
         decoded = to_columns([decode_row(records[r["clip_id"]], media) for r in chunk])
         feats = encoder.encode_batch(decoded)  # the frozen encoders, again, at every step
-        batch = stack_batch(chunk)
+        batch = to_columns(chunk)
         batch["video_feats"], batch["audio_feats"] = feats["video_feats"], feats["audio_feats"]
         return batch
 
@@ -317,7 +317,7 @@ def published_comparison(args) -> dict:
         def make():
             chunk, decoded = next(chunk_it), next(it)
             feats = encoder.encode_batch(decoded)
-            batch = stack_batch(chunk)
+            batch = to_columns(chunk)
             batch["video_feats"], batch["audio_feats"] = feats["video_feats"], feats["audio_feats"]
             return batch
 
@@ -325,7 +325,7 @@ def published_comparison(args) -> dict:
         per_step = timed_steps(model, opt, make, args.steps, rng)
         return per_step, time.perf_counter() - t0
 
-    results = {"cached": args.batch_size / timed_steps(model, opt, lambda: stack_batch(sample()), args.steps, rng)}
+    results = {"cached": args.batch_size / timed_steps(model, opt, lambda: to_columns(sample()), args.steps, rng)}
     per_step, _ = published_parallel()
     results["published"] = args.batch_size / per_step
     results["published_serial"] = args.batch_size / timed_steps(model, opt, lambda: published_batch(sample()),

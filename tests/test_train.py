@@ -18,6 +18,8 @@ from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import get_preset
 from ray_emer.synthetic import SynthConfig
 from ray_emer.errors import TrainDataError
+from ray_emer.config import ConfigError, load_config
+from ray_emer.model.config import TrainableConfig
 from ray_emer.train.loop import (
     DataConfig,
     OptimConfig,
@@ -26,8 +28,10 @@ from ray_emer.train.loop import (
     feature_rows,
     lr_lambda,
     param_groups,
+    ScalingConfig,
     total_steps,
 )
+from ray_emer.train.stage import build_model
 
 
 def test_warmup_then_cosine_and_constant():
@@ -85,8 +89,6 @@ def test_stage_trains_exports_and_the_export_generates(synth_features, tmp_path,
                            max_new_tokens=12)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
     # the export holds the trained weights: on held-out rows its loss is far below the untrained model's
-    from ray_emer.train.run import build_model
-
     with torch.no_grad():
         fresh = build_model(TrainConfig(preset="tiny")).eval()
         loss = {name: float(m.eval()(m.processor.from_rows(batch, "ov_labels", random.Random(0))).loss)
@@ -174,7 +176,6 @@ def test_an_epoch_without_batches_is_an_error_not_a_spin():
 def test_the_training_seed_seeds_the_stage_model_and_nothing_else_does(tmp_path):
     """``TrainConfig.seed`` decides the head / LLM / LoRA initialisation of a stage (fresh or from --init)."""
     from ray_emer.model.checkpoint import save_checkpoint
-    from ray_emer.train.run import build_model
 
     def head(seed, **kw):
         return build_model(TrainConfig(seed=seed, **kw)).head.state_dict()
@@ -183,8 +184,6 @@ def test_the_training_seed_seeds_the_stage_model_and_nothing_else_does(tmp_path)
     assert all(torch.equal(a[k], again[k]) for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     # stage 2 from an export: saved weights load as saved, only new LoRA adapters follow the seed
-    from ray_emer.model.config import TrainableConfig
-
     save_checkpoint(build_model(TrainConfig(seed=3, trainable=TrainableConfig(llm="full"))), str(tmp_path / "s1"))
 
     def lora(seed):
@@ -199,7 +198,7 @@ def test_the_training_seed_seeds_the_stage_model_and_nothing_else_does(tmp_path)
 def test_training_on_every_split_still_holds_the_validation_rows_out(synth_features, tmp_path):
     """Stage 1's YAML trains on every split (`train_split: ""`): its validation rows must not train."""
     from ray_emer.tracking import TrackingConfig
-    from ray_emer.train.loop import ScalingConfig, train_exclude
+    from ray_emer.train.loop import train_exclude
     from ray_emer.train.run import run_stage
 
     table = read_shards(str(synth_features))
@@ -213,3 +212,55 @@ def test_training_on_every_split_still_holds_the_validation_rows_out(synth_featu
     logs: list[str] = []
     run_stage(cfg, log=logs.append)
     assert f"[train] {len(rows)} train rows" in logs[0], logs[0]
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_stage_checks_its_inputs_once(engine, tmp_path, monkeypatch):
+    """``check_io`` runs once per stage, whichever engine: counted under every name a train module holds it by,
+    the stage stopped right after (before any feature is read or Ray starts)."""
+    import importlib
+
+    from ray_emer.train import stage
+
+    calls: list[str] = []
+    real = stage.check_io
+
+    def counted(cfg):
+        calls.append(cfg.output)
+        real(cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **kw):
+        raise Stop
+
+    for name in ("run", "local", "stage", "trainer"):
+        mod = importlib.import_module(f"ray_emer.train.{name}")
+        if hasattr(mod, "check_io"):
+            monkeypatch.setattr(mod, "check_io", counted)
+    monkeypatch.setattr("ray_emer.train.local.read_shards", stop)
+    monkeypatch.setattr("ray_emer.train.trainer.ensure_ray", stop)
+    from ray_emer.train.run import run_stage
+
+    cfg = TrainConfig(features=str(tmp_path / "f"), output=str(tmp_path / "o"), scaling=ScalingConfig(engine=engine))
+    with pytest.raises(Stop):
+        run_stage(cfg, log=lambda m: None)
+    assert calls == [str(tmp_path / "o")]
+    with pytest.raises(ConfigError, match="training needs features and output"):
+        run_stage(TrainConfig(scaling=ScalingConfig(engine=engine)), log=lambda m: None)
+
+
+def test_trainable_is_set_in_one_place_and_a_conflicting_model_override_fails():
+    """The stage's ``trainable`` is the source: a ``model_overrides`` entry saying otherwise was silently replaced
+    by it; now it is an error naming both values. One that agrees (or names other keys) is fine."""
+    with pytest.raises(ConfigError, match=r"model_overrides say trainable.llm=full, the stage's own setting "
+                                          r"trainable.llm=lora"):
+        TrainConfig(model_overrides=["trainable.llm=full"])
+    with pytest.raises(ConfigError, match=r"trainable.head=frozen.*trainable.head=full"):
+        load_config(TrainConfig, None, ["model_overrides=[trainable.head=frozen]"])
+    agreed = TrainConfig(trainable=TrainableConfig(head="frozen", llm="full"),
+                         model_overrides=["trainable.llm=full", "fusion=none"])
+    model = build_model(agreed)
+    assert model.cfg.trainable == TrainableConfig(head="frozen", llm="full") and model.cfg.fusion == "none"
+    assert not any(p.requires_grad for p in model.head.parameters())

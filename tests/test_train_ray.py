@@ -30,6 +30,27 @@ def _cfg(features, out, **kw) -> TrainConfig:
                        optim=OptimConfig(lr=3e-3, warmup_steps=1, schedule="constant"), **kw)
 
 
+def crash_once(marker_dir, rank: int, step: int):
+    """An ``on_step`` hook that kills ``rank`` right after ``step``, once: a marker file (on a path every restarted
+    worker sees) keeps the resumed group, which runs that step again, from crashing a second time. A closure, so
+    cloudpickle ships it to the Ray Train workers by value (they cannot import this test module)."""
+    import os
+    import time
+
+    def on_step(state, this_rank: int) -> None:
+        marker = os.path.join(str(marker_dir), f"crashed_rank{rank}_step{step}")
+        if (this_rank, state.step) != (rank, step) or os.path.exists(marker):
+            return
+        open(marker, "w").close()
+        # Ray's controller registers reported checkpoints asynchronously: a crash in the same instant as the last
+        # report can lose that checkpoint (the group then restarts from an older one, or from scratch). Waiting
+        # until the last report is surely registered lets the test demand the resume.
+        time.sleep(5)
+        os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
+
+    return on_step
+
+
 def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     from ray_emer.train.trainer import run_ray_training
 
@@ -38,7 +59,9 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     # unevenly split), so 8 steps finish it and start epoch 1
     cfg = _cfg(features, tmp_path / "export", checkpoint_every=2, max_steps=8,
                tracking=TrackingConfig(uri=f"sqlite:///{db}", experiment="ray_emer-train", run_name="crashy"))
-    summary = run_ray_training(cfg, log=lambda m: None, fault=(1, 3))
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    summary = run_ray_training(cfg, log=lambda m: None, on_step=crash_once(faults, rank=1, step=3))
     assert summary["steps"] == 8 and len(summary["losses"]) == 8 and summary["engine"] == "ray"
     assert summary["train_rows_cached"]  # the epochs (and the restarted group) iterate the rows read once
     # the restarted group began at the step-2 checkpoint, not at 0, with the state that was saved there: each
@@ -61,9 +84,9 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     assert len(restored) == 16 and len(after) == len(set(after)) and not restored & set(after), (restored, after)
     train_ids = {r["clip_id"] for r in feature_rows(read_shards(str(features)), "train")}
     assert restored | set(after) == train_ids and len(train_ids) == 36
-    # the crash happened (marker) and the group resumed from the step-2 checkpoint
+    # the crash happened (the hook's marker) and the group resumed from the step-2 checkpoint
     storage = tmp_path / "export.ray"
-    assert list(storage.glob(".fault_injected_rank1_step3"))
+    assert [p.name for p in faults.iterdir()] == ["crashed_rank1_step3"]
     ckpts = sorted(storage.glob("crashy/step_*"))
     assert (storage / "crashy" / "final" / "final_metrics.json").is_file()
     assert [c.name for c in ckpts] == ["step_0000006"]  # num_to_keep=2: step 6 and "final" (older rotated out)
@@ -79,7 +102,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     # the export holds what the two sharded workers trained: its loss is below the untrained model's
     import torch
 
-    from ray_emer.train.run import build_model
+    from ray_emer.train.stage import build_model
 
     with torch.no_grad():
         fresh = build_model(dataclasses.replace(cfg, output="")).eval()

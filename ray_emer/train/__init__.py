@@ -1,1 +1,1 @@
-"""Training: the plain-PyTorch loop and one-stage runner (Ray Train wiring lives in trainer.py)."""
+"""Training: the plain-PyTorch loop (loop.py; epoch.py: where a rank is in its epoch), the stage helpers both engines share (stage.py), the local engine (local.py), the Ray Train wiring (trainer.py, the only Ray file), FSDP2 (fsdp.py); run.py's run_stage picks the engine."""

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ray_emer.model.affectgpt import AffectGPT
 
@@ -26,8 +34,6 @@ def decoder_layers(model: AffectGPT) -> list[nn.Module]:
 
 def shard_model(model: AffectGPT, param_dtype: torch.dtype | None = None) -> AffectGPT:
     """Apply FSDP2 in place: each decoder block is one unit, the root holds the rest."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
     for layer in decoder_layers(model):
@@ -37,22 +43,16 @@ def shard_model(model: AffectGPT, param_dtype: torch.dtype | None = None) -> Aff
 
 
 def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
 
 
 def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
 def full_state_dict(model: nn.Module) -> dict:
     """Unsharded CPU state dict on rank 0 (a collective: every rank must call it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 

@@ -1,7 +1,7 @@
 """The training loop in plain PyTorch: feature batches in, an exported checkpoint out.
 
-No Ray here (ARCHITECTURE.md rule 2): the loop takes an iterable of columnar feature
-batches per epoch (numpy dicts, as ``read_features`` or a Ray Data shard yields them),
+No Ray here (docs/architecture.md): the loop takes an iterable of columnar feature
+batches per epoch (numpy dicts, as ``features.shards.table_columns`` or a Ray Data shard yields them),
 a ``Tracker`` and a rank, so the same code runs in a unit test, in one process, and in
 every Ray Train worker.
 
@@ -23,12 +23,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ray_emer.config import ConfigError, load_config, parse_override
 from ray_emer.errors import TrainDataError
+from ray_emer.features.columns import to_columns, to_rows
+from ray_emer.features.shards import table_columns
 from ray_emer.model.affectgpt import AffectGPT
-from ray_emer.model.config import TrainableConfig
+from ray_emer.model.config import AffectGPTConfig, TrainableConfig
 from ray_emer.model.processing import label_list
 from ray_emer.model.prompts import parse_ov_answer
 from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
+from ray_emer.train.epoch import EpochFeed, TrainState
 
 
 @dataclasses.dataclass
@@ -85,6 +89,8 @@ class TrainConfig:
     preset: str = "tiny"  # model preset (ignored with init)
     init: str = ""  # checkpoint directory of an earlier stage
     model_overrides: list[str] = dataclasses.field(default_factory=list)  # e.g. ["fusion=none"]
+    # What the stage trains: the one place to set it (the model config's trainable records it; a
+    # model_overrides entry that says otherwise is an error, see check_trainable_once)
     trainable: TrainableConfig = dataclasses.field(default_factory=TrainableConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -97,6 +103,27 @@ class TrainConfig:
     val_samples: int = 64
     val_max_new_tokens: int = 24
     seed: int = 0  # model initialisation (head, random LLM, LoRA), data order and task sampling
+
+    def __post_init__(self) -> None:
+        check_trainable_once(self.trainable, self.model_overrides)
+
+
+def check_trainable_once(trainable: TrainableConfig, model_overrides: list[str]) -> None:
+    """A stage's ``trainable`` has one source: its own setting, which ``build_model`` writes into the model
+    config. A ``model_overrides`` entry (``trainable.llm=full``) that names a component differently would
+    be overwritten without a word: it is a ``ConfigError`` giving both values (an equal one is harmless)."""
+    entries = [o for o in model_overrides if o.strip().startswith("trainable")]
+    if not entries:
+        return
+    keys = {parse_override(o)[0] for o in entries}
+    given = load_config(AffectGPTConfig, None, entries).trainable
+    clash = [f.name for f in dataclasses.fields(TrainableConfig)
+             if keys & {"trainable", f"trainable.{f.name}"} and getattr(given, f.name) != getattr(trainable, f.name)]
+    if clash:
+        raise ConfigError("trainable is set twice: model_overrides say "
+                          + ", ".join(f"trainable.{c}={getattr(given, c)}" for c in clash) + ", the stage's own setting "
+                          + ", ".join(f"trainable.{c}={getattr(trainable, c)}" for c in clash)
+                          + "; set it once, under the stage's trainable (the model config only records it)")
 
 
 # ---------------------------------------------------------------- data
@@ -130,18 +157,7 @@ def train_exclude(cfg: TrainConfig) -> str:
 
 def feature_rows(table, split: str, exclude: str = "") -> list[dict]:
     """The usable rows of a feature table as dicts, features as ``[T, D]`` arrays."""
-    from ray_emer.features.shards import feature_arrays
-
-    video, audio = feature_arrays(table, "video_feats"), feature_arrays(table, "audio_feats")
-    rows = table.drop(["video_feats", "audio_feats"]).to_pylist()
-    return [{**r, "video_feats": video[i], "audio_feats": audio[i]} for i, r in enumerate(rows)
-            if usable_row(r, split, exclude)]
-
-
-def stack_batch(rows: list[dict]) -> dict:
-    """Row dicts -> one columnar numpy batch (the shape a Ray Data shard yields)."""
-    return {k: np.stack([r[k] for r in rows]) if k.endswith("_feats") else np.array([r[k] for r in rows], dtype=object)
-            for k in rows[0]}
+    return [r for r in to_rows(table_columns(table)) if usable_row(r, split, exclude)]
 
 
 def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool = True) -> Iterator[dict]:
@@ -150,7 +166,7 @@ def batches(rows: list[dict], batch_size: int, rng: random.Random, shuffle: bool
     if shuffle:
         rng.shuffle(order)
     for start in range(0, len(order), batch_size):
-        yield stack_batch([rows[i] for i in order[start:start + batch_size]])
+        yield to_columns([rows[i] for i in order[start:start + batch_size]])
 
 
 # ---------------------------------------------------------------- optimisation
@@ -227,62 +243,6 @@ def micro_step(model: AffectGPT, batch: dict, data: DataConfig, rng: random.Rand
     return {"loss": loss.item(), "tokens": mb.real_tokens, "positions": positions}
 
 
-@dataclasses.dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    losses: list[float] = dataclasses.field(default_factory=list)  # per optimizer step
-    samples: int = 0
-    # Where the run is in its epoch: the clip ids whose gradients are in the weights. ``epoch_seen``: this
-    # rank's since the (re)start; ``epoch_restored``: every rank's up to the checkpoint a resumed run began
-    # at. A resumed epoch goes on with the rest of its rows: none twice, none skipped.
-    epoch_seen: list[str] = dataclasses.field(default_factory=list)
-    epoch_restored: list[str] = dataclasses.field(default_factory=list)
-    last_epoch: dict | None = None  # the last finished epoch's {"epoch", "restored", "seen"} (reports, tests)
-
-
-def rebatch(batches: Iterable[dict], keep: Callable[[str], bool], batch_size: int) -> Iterator[dict]:
-    """Columnar batches -> the rows whose ``clip_id`` ``keep`` accepts, regrouped into ``batch_size`` batches."""
-    buf: list[dict] = []
-    for batch in batches:
-        rows = [i for i, cid in enumerate(batch["clip_id"]) if keep(str(cid))]
-        if rows:
-            buf.append({k: v[rows] for k, v in batch.items()})
-        while sum(len(b["clip_id"]) for b in buf) >= batch_size:
-            merged = {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-            yield {k: v[:batch_size] for k, v in merged.items()}
-            rest = {k: v[batch_size:] for k, v in merged.items()}
-            buf = [rest] if len(rest["clip_id"]) else []
-    if buf:
-        yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-
-
-def _world() -> tuple[int, str]:
-    """(world size, device type of collectives) of the initialised process group, (1, "") without one."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1, ""
-    return dist.get_world_size(), "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-
-def _joined(batches: Iterable[dict]) -> Iterator[dict | None]:
-    """Every rank's batches until every rank is out: a rank whose data ends first gets ``None`` (an idle,
-    zero-weight micro-step) while others still have some, so all ranks run the same collectives. Ray Data
-    splits rows evenly, but a resumed epoch's remaining rows need not be spread evenly over the ranks."""
-    world, device = _world()
-    it = iter(batches)
-    while True:
-        batch = next(it, None)
-        if world > 1:
-            flag = torch.tensor([0 if batch is None else 1], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if not int(flag.item()):
-                return
-        elif batch is None:
-            return
-        yield batch
-
-
 def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
           val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
           optimizer=None, on_step: Callable[[TrainState], None] | None = None) -> TrainState:
@@ -290,8 +250,9 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     (``total_steps`` also shapes the lr schedule); ``epoch_batches(epoch)`` yields that epoch's batches.
 
     ``state``/``optimizer`` resume a run: a resumed epoch continues where the state says (its rows
-    not in ``state.epoch_seen``, whatever order the data comes in). ``on_step`` is the seam for
-    checkpointing and fault injection (the Ray Train wiring uses it; the loop itself knows nothing of Ray).
+    not in ``state.epoch_seen``, whatever order the data comes in). ``on_step(state)`` runs after every
+    optimizer step: the seam for checkpointing and for a caller's own hook (the Ray Train wiring uses it for
+    both; the loop itself knows nothing of Ray).
     """
     tracker = tracker or NullTracker()
     state = state or TrainState()
@@ -302,30 +263,18 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
     model.train()
     t_log, samples_log, tokens_log, positions_log = time.perf_counter(), 0, 0, 0
     by_steps = cfg.max_steps > 0  # else by epochs: a resumed epoch ends when its remaining rows do
-    idle: dict | None = None  # a batch an out-of-data rank runs at zero weight (its first, kept across epochs)
+    feed = EpochFeed(epoch_batches, cfg.data.batch_size)
 
     def finished() -> bool:
         return state.step >= total_steps if by_steps else state.epoch >= cfg.epochs
 
     while not finished():
-        micro, running, raw, pending = 0, 0.0, 0, []
-        seen = set(state.epoch_restored) | set(state.epoch_seen)
-
-        def counted(epoch: int) -> Iterator[dict]:
-            nonlocal raw, idle
-            for b in epoch_batches(epoch):
-                raw += 1
-                idle = b if idle is None else idle
-                yield b
-
-        source = counted(state.epoch)
-        if seen:
-            source = rebatch(source, lambda cid: cid not in seen, cfg.data.batch_size)
-        for batch in _joined(source):
-            if batch is None and idle is None:  # (re-reading the data here could deadlock a streaming split)
+        micro, running, pending = 0, 0.0, []
+        for batch in feed.epoch(state):
+            if batch is None and feed.idle is None:  # (re-reading the data here could deadlock a streaming split)
                 raise TrainDataError(f"epoch {state.epoch}: this rank got no rows while others did (fewer rows "
                                      f"than workers?); {state.step} of {total_steps} steps done")
-            out = micro_step(model, batch if batch is not None else idle, cfg.data, rng, accum,
+            out = micro_step(model, batch if batch is not None else feed.idle, cfg.data, rng, accum,
                              weight=1.0 if batch is not None else 0.0)
             if batch is not None:
                 running += out["loss"]
@@ -361,7 +310,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
             if by_steps and state.step >= total_steps:
                 break
         else:  # the epoch's data ran out (not the step budget): the next epoch starts from all rows
-            if not raw:  # an empty epoch would loop forever without a step
+            if not feed.raw:  # an empty epoch would loop forever without a step
                 raise TrainDataError(f"epoch {state.epoch} yielded no batch; {state.step} of {total_steps} steps done")
             state.last_epoch = {"epoch": state.epoch, "restored": state.epoch_restored, "seen": state.epoch_seen}
             state.epoch += 1

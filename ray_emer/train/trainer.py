@@ -7,7 +7,9 @@ FSDP2, resume from ``ray.train.get_checkpoint()`` when Ray restarted the group, 
 ``loop.train`` on this worker's dataset shard, write torch.distributed.checkpoint
 shards every ``checkpoint_every`` steps (every rank reports its own files; Ray merges
 them), then gather the full weights and export the checkpoint directory from rank 0.
-Train V2 rejects ``MLflowLoggerCallback``, so rank 0 logs to MLflow itself.
+Train V2 rejects ``MLflowLoggerCallback``, so rank 0 logs to MLflow itself. What the
+local engine does too (building the model, checking inputs, logging, the summary) comes
+from ``stage.py``; this module never imports the local driver, nor it this one.
 """
 
 from __future__ import annotations
@@ -17,15 +19,30 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
+import pyarrow.dataset as pads
 import ray
 import ray.train
 import torch
+import torch.distributed.checkpoint as dcp
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_emer import storage
+from ray_emer.cluster import ensure_ray, use_gpu
 from ray_emer.config import from_dict, to_dict
 from ray_emer.features.shards import read_shards
+from ray_emer.model.checkpoint import save_checkpoint
+from ray_emer.progress import say
 from ray_emer.tracking import NullTracker, make_tracker, open_tracker, resolve_uri
+from ray_emer.train.fsdp import (
+    full_state_dict,
+    load_sharded_state,
+    shard_model,
+    sharded_state,
+    state_fingerprint,
+)
 from ray_emer.train.loop import (
     TrainConfig,
     TrainState,
@@ -38,7 +55,7 @@ from ray_emer.train.loop import (
     usable_row,
     validate,
 )
-from ray_emer.train.run import build_model, log_stage_artifacts, log_stage_params
+from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_summary
 
 # the directory name of the small checkpoint a finished run reports its summary with (no training state)
 FINAL_CHECKPOINT = "final"
@@ -53,21 +70,12 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _fault_marker(cfg: TrainConfig, rank: int, step: int) -> str:
-    os.makedirs(_storage_path(cfg), exist_ok=True)
-    return os.path.join(_storage_path(cfg), f".fault_injected_rank{rank}_step{step}")
-
-
 def _seen_record(state: TrainState) -> dict:
     return {"epoch": state.epoch, "restored": state.epoch_restored, "seen": state.epoch_seen,
             "last_epoch": state.last_epoch}
 
 
 def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    from ray_emer.train.fsdp import sharded_state, state_fingerprint
-
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as tmp:
         dcp.save(sharded_state(model, opt), checkpoint_id=tmp)
@@ -88,10 +96,6 @@ def _save_checkpoint(model, opt, sched, state: TrainState, metrics: dict) -> Non
 def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
     """Restore model, optimizer, scheduler and loop state from the last checkpoint Ray hands back; verify
     against the fingerprint this rank wrote when saving. -> (state, {"saved": ..., "loaded": ...}) or None."""
-    import torch.distributed.checkpoint as dcp
-
-    from ray_emer.train.fsdp import load_sharded_state, sharded_state, state_fingerprint
-
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None
@@ -125,9 +129,6 @@ def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
 
 def _export(model, cfg: TrainConfig, rank: int) -> None:
     """Gather the unsharded weights (collective) and write the checkpoint directory from rank 0."""
-    from ray_emer.model.checkpoint import save_checkpoint
-    from ray_emer.train.fsdp import full_state_dict
-
     full = full_state_dict(model)
     if rank == 0:
         plain = build_model(cfg)
@@ -137,8 +138,6 @@ def _export(model, cfg: TrainConfig, rank: int) -> None:
 
 def train_worker(config: dict) -> None:
     """``train_loop_per_worker``: one rank of one stage."""
-    from ray_emer.train.fsdp import shard_model
-
     cfg = from_dict(TrainConfig, config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -156,7 +155,7 @@ def train_worker(config: dict) -> None:
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
     tracker = make_tracker(config["tracking_uri"], cfg.tracking.experiment, rank=rank, run_id=run_id) if run_id \
         else NullTracker()
-    fault_rank, fault_step = config.get("fault") or (-1, -1)
+    hook = config.get("on_step")  # the caller's own (run_ray_training's on_step), e.g. a test's injected crash
     if state is None:
         log_stage_params(tracker, cfg, model, world)
     shard = ray.train.get_dataset_shard("train")
@@ -165,14 +164,8 @@ def train_worker(config: dict) -> None:
         return shard.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy")
 
     def on_step(st: TrainState) -> None:
-        marker = _fault_marker(cfg, rank, st.step) if (rank, st.step) == (fault_rank, fault_step) else None
-        if marker and not os.path.exists(marker):
-            open(marker, "w").close()
-            # Ray's controller registers reported checkpoints asynchronously: a crash in the same instant as the
-            # last report can lose that checkpoint (the group then restarts from an older one, or from scratch).
-            # The injected fault waits until the last report is surely registered, so a test can demand the resume.
-            time.sleep(5)
-            os._exit(1)  # a crashed worker, as a lost node or an OOM kill looks to Ray
+        if hook is not None:
+            hook(st, rank)
         every = cfg.scaling.checkpoint_every
         if every and st.step % every == 0 and st.step < steps:
             _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
@@ -225,7 +218,7 @@ def _start_anew_if_finished(run_dir: str, log) -> None:
         "(an interrupted run would resume)")
 
 
-def _dataset(cfg: TrainConfig, log=print) -> tuple[ray.data.Dataset, bool]:
+def _dataset(cfg: TrainConfig, log=say) -> tuple[ray.data.Dataset, bool]:
     """The training rows as a Ray dataset, and whether they are cached: read once and kept in the object store
     (``data.cache_mb``), since Ray Data otherwise re-runs the whole read for every epoch (2-4 s an epoch on a
     small machine, which for a small dataset of many epochs cost as much as the training steps)."""
@@ -247,15 +240,13 @@ def _dataset(cfg: TrainConfig, log=print) -> tuple[ray.data.Dataset, bool]:
     return ds, True
 
 
-def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None = None) -> dict:
+def run_ray_training(cfg: TrainConfig, log=say,
+                     on_step: Callable[[TrainState, int], None] | None = None) -> dict:
     """Train one stage with Ray Train (joins a running cluster, else starts a local one); ``run_stage`` with
-    ``scaling.engine: ray``. ``fault=(rank, step)`` (tests only) crashes that rank once right after that step."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from ray_emer.cluster import ensure_ray, use_gpu
-    from ray_emer.train.run import check_io, stage_summary
-
+    ``scaling.engine: ray``. ``on_step(state, rank)``, when given, runs in every worker after each optimizer
+    step, before that step's checkpoint (tests crash a rank with it). It reaches the workers inside
+    ``train_loop_config``, which Ray ships with cloudpickle: a function the workers can import travels by
+    reference, one they cannot (a closure, a test module's function) by value."""
     check_io(cfg)
     t0 = time.perf_counter()
     ensure_ray()
@@ -269,8 +260,6 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     steps = total_steps(n_train, cfg, sc.workers)
     val_rows = []
     if cfg.val_samples and cfg.data.val_split:  # only the validation split's features come to the driver
-        import pyarrow.dataset as pads
-
         val = read_shards(cfg.features, filter=pads.field("split") == cfg.data.val_split)
         val_rows = feature_rows(val, cfg.data.val_split)[: cfg.val_samples]
     log(f"[train] {n_train} train rows on {sc.workers} worker(s) ({'GPU' if gpu else 'CPU'}), {steps} steps")
@@ -284,7 +273,7 @@ def run_ray_training(cfg: TrainConfig, log=print, fault: tuple[int, int] | None 
     train_ds, cached = _dataset(cfg, log)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "fault": fault,
+        train_loop_config={"train": to_dict(cfg), "total_steps": steps, "val_rows": val_rows, "on_step": on_step,
                            "mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=gpu,

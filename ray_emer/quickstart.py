@@ -16,13 +16,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 
 from ray_emer import storage
+from ray_emer.data.extraction import ExtractConfig
+from ray_emer.data.label_job import LabelJobConfig, read_labels, run_label
+from ray_emer.data.manifest import read_manifest
+from ray_emer.data.pipeline import run_extract
+from ray_emer.eval.html_report import write_page
 from ray_emer.infer.labeller import LabellerConfig
-from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
-from ray_emer.tracking import TrackingConfig, resolve_uri, tracking
+from ray_emer.media import MediaConfig, MediaError, decode_uri
+from ray_emer.model.config import TrainableConfig
 from ray_emer.progress import say
+from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
+from ray_emer.tracking import TrackingConfig, parent_run, resolve_uri, tracking
+from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig
+from ray_emer.train.run import run_stage
 
 
 def _synth(clips: int, seed: int, coarse: bool, splits: list[float]) -> SynthConfig:
@@ -79,9 +89,6 @@ def _stage(name: str, timings: dict, log):
 def stage_config(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str,
                  name: str):
     """The TrainConfig of one quickstart stage."""
-    from ray_emer.model.config import TrainableConfig
-    from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig
-
     return TrainConfig(features=features, output=output, preset="tiny", init=init, max_steps=steps, log_every=10,
                        val_samples=16, seed=cfg.seed, trainable=TrainableConfig(head="full", llm="full"),
                        data=DataConfig(train_split=split, val_split="val", batch_size=cfg.batch_size,
@@ -93,17 +100,10 @@ def stage_config(cfg: QuickstartConfig, features: str, output: str, steps: int, 
 
 def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str, name: str,
            log) -> dict:
-    from ray_emer.train.run import run_stage
-
     return run_stage(stage_config(cfg, features, output, steps, init, split, name), log=log)
 
 
 def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
-    from ray_emer.data.extraction import ExtractConfig
-    from ray_emer.data.label_job import LabelJobConfig, read_labels, run_label
-    from ray_emer.data.pipeline import run_extract
-    from ray_emer.tracking import parent_run
-
     t_start, timings = time.perf_counter(), {}
     out = cfg.out
     uri = _tracking_uri(cfg)
@@ -157,12 +157,6 @@ def _brief(summary: dict) -> dict:
 
 
 def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, losses: dict, timings: dict) -> dict:
-    import tempfile
-
-    from ray_emer.data.manifest import read_manifest
-    from ray_emer.eval.html_report import write_page
-    from ray_emer.media import MediaConfig, MediaError, decode_uri
-
     gold = {r["clip_id"]: r for r in read_manifest(heldout_manifest).to_pylist()}  # extra columns kept: emotion
     emotion = {c: r.get("emotion") for c, r in gold.items()}
     rows = {r["clip_id"]: r for r in labels.to_dict("records")}

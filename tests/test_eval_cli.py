@@ -94,3 +94,17 @@ def test_extract_lexicon_and_llm_then_text(ref, tmp_path, capsys):
     assert main(["evaluate", "text", "--predictions", str(tmp_path / "shifted.csv"), "--labels", str(desc)]) == 0
     other = _json(capsys)
     assert same["bleu_4"] == pytest.approx(1.0) and other["bleu_4"] < 0.5 and same["n"] == 12
+
+
+def test_a_report_dir_on_s3_is_written_to_s3(s3_bucket, tmp_path, monkeypatch):
+    """`--report-dir s3://...`: the report files land under the prefix (they used to go to a local folder named
+    's3:/<bucket>/...' in the working directory)."""
+    from ray_emer import storage
+    from ray_emer.eval.report import write_report
+
+    monkeypatch.chdir(tmp_path)
+    paths = write_report({"title": "t", "score": 0.5}, f"{s3_bucket}/rep")
+    assert sorted(paths.values()) == storage.list_files(f"{s3_bucket}/rep")
+    assert [storage.basename(p) for p in sorted(paths.values())] == ["report.json", "report.md", "report.png"]
+    assert json.loads(storage.read_text(paths["json"]))["score"] == 0.5
+    assert list(tmp_path.iterdir()) == []

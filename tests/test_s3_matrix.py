@@ -540,9 +540,6 @@ def test_evaluate_commands_read_s3(matrix, reference_dir):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason="library: `evaluate checkpoints|unibench --report-dir s3://...` exits 0 but "
-                   "writes report.json/.md/.png into a LOCAL folder named 's3:/<bucket>/...' under the cwd "
-                   "(eval/report.py write_report uses pathlib, not storage)")
 def test_evaluate_report_dir_on_s3(matrix, reference_dir):
     fs = _fs()
     uni = f"{B}/reference_report/unibench"
@@ -552,7 +549,7 @@ def test_evaluate_report_dir_on_s3(matrix, reference_dir):
     for f in sorted((reference_dir / "emotion_wheel").iterdir()):
         fs.put_file(str(f), f"{_key(wheel)}/{f.name}")
     report = f"{B}/evaluate/checkpoints_report"
-    with matrix.step("evaluate checkpoints --report-dir s3:// [xfail]", "first") as step:
+    with matrix.step("evaluate checkpoints --report-dir s3://", "first") as step:
         step.run("evaluate", "checkpoints", "--dataset", "mer2023", "--wheel-dir", wheel, "--outputs",
                  f"{uni}/affectgpt_unibench_outputs_mer2023.csv", "--labels", f"{uni}/merbench_mer2023_label_6way.csv",
                  "--report-dir", report, timeout=180)

@@ -15,8 +15,6 @@ Error rows and clips without a label row count as wrong (empty predictions).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -99,16 +97,6 @@ def write_label_report(scores: dict, out_dir: str) -> dict[str, str]:
         for k, v in (scores.get(section) or {}).items():
             if isinstance(v, (int, float)):
                 flat[f"{section}_{k}"] = v
-    if not storage.is_remote(out_dir):
-        paths = write_report(flat, out_dir)
-        with open(os.path.join(out_dir, "scores.json"), "w") as fh:
-            json.dump(scores, fh, indent=2, default=str)
-        return paths
-    with tempfile.TemporaryDirectory() as tmp:
-        local = write_label_report(scores, tmp)
-        remote = {}
-        for name, path in local.items():
-            remote[name] = storage.join(out_dir, os.path.basename(path))
-            with open(path, "rb") as fh:
-                storage.write_bytes(remote[name], fh.read())
-        return remote
+    paths = write_report(flat, out_dir)
+    storage.write_text(storage.join(out_dir, "scores.json"), json.dumps(scores, indent=2, default=str))
+    return paths

@@ -4,6 +4,8 @@ or per-dataset bars, per-wheel breakdown), optionally logged to a tracker."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ray_emer import storage  # noqa: E402
 from ray_emer.tracking import NullTracker, Tracker  # noqa: E402
 
 
@@ -58,7 +61,16 @@ def chart(result: dict, path: Path) -> None:
 
 
 def write_report(result: dict, out_dir: str | Path, stem: str = "report", tracker: Tracker | None = None) -> dict:
-    """Write ``stem.json``, ``stem.md`` and ``stem.png`` under ``out_dir``; log them."""
+    """Write ``stem.json``, ``stem.md`` and ``stem.png`` under ``out_dir`` (a folder or an ``s3://`` prefix); log
+    them; returns their paths or URIs."""
+    if storage.is_remote(str(out_dir)):  # drawn in a temp folder (logged from there), then uploaded
+        with tempfile.TemporaryDirectory(prefix="ray_emer-report-") as tmp:
+            local = write_report(result, tmp, stem, tracker)
+            remote = {k: storage.join(str(out_dir), os.path.basename(v)) for k, v in local.items()}
+            for k, uri in remote.items():
+                with open(local[k], "rb") as fh:
+                    storage.write_bytes(uri, fh.read())
+            return remote
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png"}

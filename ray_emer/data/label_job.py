@@ -33,7 +33,6 @@ from ray_emer.config import ConfigError
 from ray_emer.data.extraction import ExtractConfig
 from ray_emer.data.pipeline import run_extract
 from ray_emer.features.shards import done_clip_ids, part_files, read_shards, write_shard
-from ray_emer.eval.labelled import gold_from_features, score_labels, write_label_report
 from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.model.checkpoint import checkpoint_id
@@ -194,6 +193,10 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
 
 def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, log) -> dict:
     """Scores of the labelled set against the gold the features carry; a report dir under the output."""
+    # here, not at the top: scoring brings nltk, pycocoevalcap and matplotlib, which labelling alone (a GPU
+    # node's vLLM environment included) never needs
+    from ray_emer.eval.labelled import gold_from_features, score_labels, write_label_report
+
     gold = gold_from_features(read_shards(features, columns=None).drop(["video_feats", "audio_feats"]))
     wheels = EmotionWheels.load(cfg.wheel_dir) if cfg.wheel_dir else None
     scores = score_labels(labels, gold, wheels)

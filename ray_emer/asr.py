@@ -11,8 +11,8 @@
   Whisper's 30 s window is transcribed in consecutive 30 s pieces whose texts are joined.
 
 Where extraction runs them (``features/decode.py``, ``features/encoder.py``): the offline backend in the decode
-step, on the audio just decoded (CPU work spread over the decode tasks); Whisper in the encoder step, where the model is loaded
-once per encoder and batched on the encoder's GPU.
+step, on the audio just decoded (CPU work spread over the decode tasks); Whisper in the encoder step, where the
+model is loaded once per encoder and batched on the encoder's GPU.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig, MediaError, decode_uri
 from ray_emer.model.config import TrainableConfig
 from ray_emer.progress import say
+from ray_emer.storage import StorageConfig
 from ray_emer.synthetic import EMOTIONS, SynthConfig, emotion_of, write_archive
 from ray_emer.tracking import TrackingConfig, parent_run, resolve_uri, tracking
 from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig
@@ -61,6 +62,7 @@ class QuickstartConfig:
     # MLflow: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db (a local out; an s3:// out
     # uses the default store, sqlite:///$RAY_EMER_HOME/mlflow.db)
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-quickstart"))
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
 
 
 def _tracking_uri(cfg: QuickstartConfig) -> str:
@@ -95,7 +97,7 @@ def stage_config(cfg: QuickstartConfig, features: str, output: str, steps: int, 
                                        packing=cfg.packing),
                        optim=OptimConfig(lr=cfg.lr, warmup_steps=10),
                        scaling=ScalingConfig(engine="ray", workers=cfg.workers, worker_cpus=cfg.worker_cpus),
-                       tracking=TrackingConfig(experiment="ray_emer-train", run_name=name))
+                       tracking=TrackingConfig(experiment="ray_emer-train", run_name=name), storage=cfg.storage)
 
 
 def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str, name: str,
@@ -116,7 +118,8 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
         with _stage("feature extraction (Ray Data)", timings, log):
             for name, manifest in manifests.items():
                 features[name] = storage.join(out, f"{name}_features")
-                run_extract(ExtractConfig(input=manifest, output=features[name], progress=False), log=log)
+                run_extract(ExtractConfig(input=manifest, output=features[name], progress=False,
+                                          storage=cfg.storage), log=log)
         with _stage("stage 1: coarse data (Ray Train)", timings, log):
             s1 = _train(cfg, features["coarse"], storage.join(out, "stage1"), cfg.stage1_steps, "", "", "stage1", log)
         with _stage("stage 2: clean data (Ray Train)", timings, log):
@@ -125,7 +128,7 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
         with _stage("labelling the held-out clips (Ray Data)", timings, log):
             label_cfg = LabelJobConfig(input=features["heldout"], output=storage.join(out, "labels"),
                                        checkpoint=s2["output"], labeller=cfg.labeller, evaluate=True,
-                                       actor_cpus=0.5, progress=False)
+                                       actor_cpus=0.5, progress=False, storage=cfg.storage)
             if storage.exists(label_cfg.output):  # an earlier run's labels are an earlier model's: start afresh
                 storage.remove_tree(label_cfg.output)
             labelled = run_label(label_cfg, log=log)

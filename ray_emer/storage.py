@@ -9,6 +9,7 @@ without code changes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import tempfile
@@ -20,6 +21,14 @@ import fsspec
 from ray_emer.errors import RayEmerError
 
 S3_PREFIXES = ("s3://", "s3a://")
+SHARED_PATHS_ENV = "RAY_EMER_SHARED_PATHS"  # os.pathsep-separated folders every node mounts (added to the config's)
+
+
+@dataclasses.dataclass
+class StorageConfig:
+    # local folders that every node of a Ray cluster mounts at the same path (NFS, a shared volume): local
+    # paths under them are allowed on a cluster of more than one node; s3:// URIs always are
+    shared_paths: list[str] = dataclasses.field(default_factory=list)
 
 
 class StorageError(RayEmerError, OSError):
@@ -28,6 +37,21 @@ class StorageError(RayEmerError, OSError):
 
 def is_remote(uri: str) -> bool:
     return str(uri).startswith(S3_PREFIXES)
+
+
+def shared_paths(cfg: StorageConfig | None = None) -> list[str]:
+    """The declared shared folders: the config's ``shared_paths`` and ``$RAY_EMER_SHARED_PATHS``."""
+    env = [p for p in os.environ.get(SHARED_PATHS_ENV, "").split(os.pathsep) if p]
+    return [*(cfg.shared_paths if cfg else []), *env]
+
+
+def is_shared(uri: str, shared: list[str]) -> bool:
+    """Whether every node sees ``uri``: an ``s3://`` URI, or a local path inside a declared shared folder."""
+    if is_remote(uri):
+        return True
+    path = os.path.abspath(os.path.expanduser(str(uri)))
+    return any(os.path.commonpath([path, root]) == root
+               for root in (os.path.abspath(os.path.expanduser(r)) for r in shared))
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

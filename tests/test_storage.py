@@ -86,3 +86,53 @@ def test_s3_listing_sees_what_another_process_wrote(s3_bucket):
     assert set(storage.file_sizes(root, recursive=False)) == {storage.join(root, "part-a.parquet"),
                                                                storage.join(root, "part-b.parquet")}
     assert storage.exists(empty) and storage.list_files(empty) == [storage.join(empty, "part-c.parquet")]
+
+
+def test_shared_paths_are_s3_or_inside_a_declared_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(storage.SHARED_PATHS_ENV, raising=False)
+    nfs = tmp_path / "nfs"
+    cfg = storage.StorageConfig(shared_paths=[str(nfs)])
+    assert storage.is_shared("s3://b/x", [])
+    assert storage.is_shared(str(nfs / "a" / "b"), storage.shared_paths(cfg))
+    assert storage.is_shared(str(nfs), storage.shared_paths(cfg))
+    assert not storage.is_shared(str(tmp_path / "nfs2" / "a"), storage.shared_paths(cfg))  # a prefix of a name
+    assert not storage.is_shared(str(tmp_path / "local"), storage.shared_paths(cfg))
+    monkeypatch.setenv(storage.SHARED_PATHS_ENV, os.pathsep.join([str(tmp_path / "x"), str(tmp_path / "local")]))
+    assert storage.is_shared(str(tmp_path / "local" / "out"), storage.shared_paths(cfg))
+
+
+def test_a_multi_node_cluster_refuses_local_paths_naming_each(tmp_path, monkeypatch):
+    """The rule without a cluster: the node count is the only thing asked of Ray."""
+    from ray_emer import cluster
+    from ray_emer.config import ConfigError
+
+    monkeypatch.delenv(storage.SHARED_PATHS_ENV, raising=False)
+    paths = {"--output": str(tmp_path / "out"), "--checkpoint": "s3://b/ckpt", "--input": ""}
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: 1)
+    cluster.require_shared_storage(paths)  # one node: its disk is everyone's
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: 3)
+    with pytest.raises(ConfigError, match=r"3 nodes.*--output .*/out is a local path") as err:
+        cluster.require_shared_storage(paths)
+    assert "--checkpoint" not in str(err.value) and "storage.shared_paths" in str(err.value)
+    cluster.require_shared_storage(paths, storage.StorageConfig(shared_paths=[str(tmp_path)]))  # declared: fine
+    cluster.require_shared_storage({"--output": "s3://b/out"})
+
+
+def test_a_worker_on_gpus_torch_cannot_see_fails_or_runs_on_cpu_when_told(monkeypatch):
+    import ray
+    import torch
+
+    from ray_emer import cluster
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert cluster.worker_device() is None  # no GPU from Ray: the library picks
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(cluster.LOGICAL_GPUS_ENV, raising=False)
+    with pytest.raises(cluster.GpuUnavailableError, match=r"GPU\(s\) \[0\] but torch .* sees no CUDA device"):
+        cluster.worker_device()
+    monkeypatch.setenv(cluster.LOGICAL_GPUS_ENV, "cpu")
+    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+        assert cluster.worker_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cluster.worker_device() == "cuda"

@@ -21,6 +21,7 @@ from ray_emer.features.decode import decode_row
 from ray_emer.features.encoder import FeatureEncoder, effective_media
 from ray_emer.features.shards import done_clip_ids, write_features
 from ray_emer.media import MediaConfig
+from ray_emer.storage import StorageConfig
 from ray_emer.tracking import TrackingConfig, tracking
 
 
@@ -37,7 +38,7 @@ class ExtractConfig:
     decode_tasks: int = 0  # concurrent decode tasks (fused: decode+encode tasks); 0: what the cluster's CPUs hold
     encoder_cpus: float = 0.5  # CPUs per encoder actor (ignored with GPUs)
     encoder_memory_mb: int = 0  # reserved per fused task beyond decode_memory_mb; 0: 384 + the traced towers' MB
-    num_encoders: int = 1  # encoder actors (max of the pool; 1 GPU each when GPUs exist)
+    num_encoders: int = 0  # encoder actors (max of the pool; 1 GPU each); 0: one per GPU of the cluster, else 1
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     # CPU-only clusters: tasks that decode, encode and write their own batches, one per decode_cpus +
     # encoder_cpus (decoded clips stay in the process); false: decode tasks -> encoder actors, as with GPUs
@@ -47,6 +48,7 @@ class ExtractConfig:
     warm_keep_s: float = 30.0
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     progress: bool = True
 
 

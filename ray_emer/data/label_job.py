@@ -28,7 +28,7 @@ import pandas as pd
 import ray
 
 from ray_emer import storage
-from ray_emer.cluster import ensure_ray, use_gpu
+from ray_emer.cluster import ensure_ray, pool_size, require_shared_storage, use_gpu, worker_device
 from ray_emer.config import ConfigError
 from ray_emer.data.extraction import ExtractConfig
 from ray_emer.data.pipeline import run_extract
@@ -37,6 +37,7 @@ from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.model.checkpoint import checkpoint_id
 from ray_emer.schema import label_table
+from ray_emer.storage import StorageConfig
 from ray_emer.tracking import TrackingConfig, open_tracker, tracking
 from ray_emer.progress import say
 
@@ -50,12 +51,13 @@ class LabelJobConfig:
     checkpoint: str = ""  # an exported checkpoint directory (ray-emer train --output)
     labeller: LabellerConfig = dataclasses.field(default_factory=LabellerConfig)
     extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # archive input only
-    num_actors: int = 1  # labelling actors (one GPU each when the cluster has GPUs)
+    num_actors: int = 0  # labelling actors (one GPU each when the cluster has GPUs); 0: one per GPU, else 1
     actor_cpus: float = 1.0  # CPUs per actor without GPUs
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     evaluate: bool = False  # score against the gold labels/descriptions the input carries
     wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-label"))
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     progress: bool = True
 
 
@@ -68,7 +70,8 @@ class _LabelAndWrite:
     """Actor: checkpoint + engine loaded once; each batch -> one label shard; returns small summaries."""
 
     def __init__(self, checkpoint: str, cfg: LabellerConfig, output: str, model_id: str) -> None:
-        self.labeller = Labeller(checkpoint, cfg, model_id)
+        device = worker_device()  # a GPU actor: cuda, or why not
+        self.labeller = Labeller(checkpoint, dataclasses.replace(cfg, device=device) if device else cfg, model_id)
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,7 +90,7 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     out = storage.join(cfg.output, "_features")
     log(f"[label] {cfg.input} is an archive: extracting features into {out} first")
     ext = dataclasses.replace(cfg.extract, input=cfg.input, output=out, preset=cfg.checkpoint,
-                              progress=cfg.progress, tracking=TrackingConfig(enabled=False))
+                              progress=cfg.progress, tracking=TrackingConfig(enabled=False), storage=cfg.storage)
     return out, run_extract(ext, log=log)
 
 
@@ -98,8 +101,9 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
+    actors = pool_size(cfg.num_actors, gpu)
     ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
-                        batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                        batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
     counts, tokens, errors = {"ok": 0, "error": 0}, 0, []
     t0 = time.perf_counter()
@@ -112,7 +116,7 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
         done_n = counts["ok"] + counts["error"]
         log(f"[label] {done_n} clips labelled (ok {counts['ok']}, error {counts['error']}), "
             f"{done_n / max(time.perf_counter() - t0, 1e-9):.2f} clips/s")
-    return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu}
+    return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu, "actors": actors}
 
 
 def _check_same_model(output: str, done: set[str], model_id: str) -> None:
@@ -155,6 +159,9 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
     ensure_ray()
+    manifest = cfg.input.lower().endswith((".csv", ".tsv", ".parquet"))  # read by this process alone
+    require_shared_storage({"--output": cfg.output, "--checkpoint": cfg.checkpoint,
+                            "--input": "" if manifest else cfg.input}, cfg.storage)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     t0 = time.perf_counter()
     features, extract_summary = _features(cfg, log)
@@ -167,7 +174,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
         f"(engine {cfg.labeller.engine}, model {model_id})")
     t1 = time.perf_counter()
     run = _run_actors(cfg, features, done, model_id, log) if todo else \
-        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False}
+        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0}
     label_s = time.perf_counter() - t1
     labels = read_labels(cfg.output)
     labels = labels[labels["clip_id"].isin(set(ids))]
@@ -177,7 +184,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
                "skipped": len(done), "rows": int(len(labels)), "ok": int((labels["status"] == "ok").sum()),
                "error": int((labels["status"] != "ok").sum()), "wall_s": round(time.perf_counter() - t0, 3),
                "label_s": round(label_s, 3), "clips_per_s": round(todo / label_s, 3) if todo and label_s else 0.0,
-               "generated_tokens": run["generated_tokens"],
+               "generated_tokens": run["generated_tokens"], "gpu": run["gpu"], "actors": run["actors"],
                "tokens_per_s": round(run["generated_tokens"] / label_s, 1) if todo and label_s else 0.0,
                "exports": exports, "errors": run["errors"][:50]}
     if extract_summary is not None:

@@ -26,7 +26,7 @@ import ray
 
 from ray_emer import storage
 from ray_emer.asr import check_config
-from ray_emer.cluster import ensure_ray, use_gpu
+from ray_emer.cluster import ensure_ray, pool_size, require_shared_storage, use_gpu, worker_device
 from ray_emer.config import ConfigError
 from ray_emer.data.extraction import ExtractConfig, pending
 from ray_emer.data.manifest import folder_manifest
@@ -53,7 +53,7 @@ class _EncodeAndWrite:
 
     def __init__(self, preset: str, media, output: str, asr, scripted: str | None = None) -> None:
         # with asr.backend whisper: Whisper on its device; ``scripted``: traced towers (CPU), no transformers import
-        self.encoder = FeatureEncoder(preset, media, asr=asr, scripted=scripted)
+        self.encoder = FeatureEncoder(preset, media, device=worker_device(), asr=asr, scripted=scripted)
         self.output, self.fresh = output, True
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,7 +134,7 @@ def _decode_tasks(cfg: ExtractConfig, gpu: bool) -> int:
     """
     if cfg.decode_tasks > 0:
         return cfg.decode_tasks
-    reserved = 0.0 if gpu else cfg.num_encoders * cfg.encoder_cpus
+    reserved = 0.0 if gpu else pool_size(cfg.num_encoders, gpu) * cfg.encoder_cpus
     return max(1, int((ray.cluster_resources().get("CPU", 1) - reserved) / cfg.decode_cpus))
 
 
@@ -192,9 +192,13 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     if folder_manifest(cfg.input):
         log(f"[extract] {cfg.input} holds {folder_manifest(cfg.input)}: reading the clips through it")
     todo, total, skipped = pending(cfg)
+    videos = [u for u in todo.column("video_uri").to_pylist() if u]
+    local = [u for u in videos if not storage.is_shared(u, storage.shared_paths(cfg.storage))]
+    first_local = {f"video_uri ({len(local)} of {len(videos)} clips; the first)": local[0]} if local else {}
+    require_shared_storage({"--output": cfg.output, **first_local}, cfg.storage)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {todo.num_rows} to do")
     counts, errors = {"ok": 0, "error": 0}, []
-    t0, first_shard, layout, tracking = time.perf_counter(), None, None, None
+    t0, first_shard, layout, tracking, gpu = time.perf_counter(), None, None, None, False
     scripted_used: set[bool] = set()
     loads = 0
     try:
@@ -224,7 +228,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
         summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": todo.num_rows,
                    "skipped": skipped, **counts, "wall_s": round(wall, 3),
                    "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
-                   "layout": layout, "scripted_encoders": scripted_used == {True}, "encoder_loads": loads,
+                   "layout": layout, "gpu": gpu, "scripted_encoders": scripted_used == {True},
+                   "encoder_loads": loads,
                    "clips_per_s": round(todo.num_rows / wall, 3) if todo.num_rows and wall > 0 else 0.0,
                    "errors": errors[:50]}
         storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
@@ -274,7 +279,7 @@ def _dataset(cfg: ExtractConfig, todo: pa.Table, media, gpu: bool, layout: str, 
                         # actor, where it would run serially next to the encoder
                         memory=cfg.decode_memory_mb * 2**20)
     return ds.map_batches(_EncodeAndWrite, fn_constructor_args=args, batch_size=cfg.encode_batch_size,
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.num_encoders)),
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool_size(cfg.num_encoders, gpu)),
                           num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.encoder_cpus)
 
 

@@ -31,6 +31,7 @@ from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.config import AffectGPTConfig, TrainableConfig
 from ray_emer.model.processing import label_list
 from ray_emer.model.prompts import parse_ov_answer
+from ray_emer.storage import StorageConfig
 from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
 from ray_emer.train.epoch import EpochFeed, TrainState
 
@@ -96,6 +97,7 @@ class TrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-train"))
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; 0 = run the epochs
     log_every: int = 10

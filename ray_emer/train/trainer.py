@@ -30,7 +30,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_emer import storage
-from ray_emer.cluster import ensure_ray, use_gpu
+from ray_emer.cluster import ensure_ray, require_shared_storage, use_gpu
 from ray_emer.config import from_dict, to_dict
 from ray_emer.features.shards import read_shards
 from ray_emer.model.checkpoint import save_checkpoint
@@ -250,6 +250,8 @@ def run_ray_training(cfg: TrainConfig, log=say,
     check_io(cfg)
     t0 = time.perf_counter()
     ensure_ray()
+    require_shared_storage({"--features": cfg.features, "--output": cfg.output, "--init": cfg.init,
+                            "scaling.storage_path": _storage_path(cfg)}, cfg.storage)
     gpu = use_gpu(cfg.scaling.use_gpu)
     sc = cfg.scaling
     light = read_shards(cfg.features, columns=["clip_id", "status", "split", "description", "labels"]).to_pylist()

@@ -104,7 +104,7 @@ def main(scenario: str, work: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     if scenario == "storage":
         for _ in range(2):
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=2)  # logical: a read task (1 CPU) fits beside half-CPU actors
     else:
         cluster.add_node(num_cpus=2, num_gpus=2)
     try:

@@ -83,19 +83,3 @@ def test_stage_config_takes_packing_from_the_quickstart_config():
     assert stage_config(QuickstartConfig(), *args).data.packing is False  # the quickstart's default (tiny, CPU)
     assert stage_config(QuickstartConfig(packing=True), *args).data.packing is True
     assert stage_config(QuickstartConfig(), *args).data.batch_size == QuickstartConfig().batch_size
-
-
-def test_run_again_over_its_folder_labels_with_the_new_model(quick):
-    """The README's "running it again starts afresh": the second run's stage 2 is a new model (its head differs),
-    and every label row is that model's, not the first run's kept by the label job's resume (last: it rewrites
-    the folder the tests above read)."""
-    import pyarrow.dataset as pads
-
-    from ray_emer.model.checkpoint import checkpoint_id
-
-    first, _, out = quick
-    logs: list[str] = []
-    again = run_quickstart(_quick_cfg(out), log=logs.append)
-    models = pads.dataset(again["labels"], format="parquet").to_table(columns=["model"]).column("model").to_pylist()
-    assert len(models) == 8 and set(models) == {checkpoint_id(again["stages"]["stage2"])}, set(models)
-    assert any("8 to do" in m for m in logs), [m for m in logs if "[label]" in m]

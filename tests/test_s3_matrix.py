@@ -378,6 +378,10 @@ def test_quickstart_out_s3(matrix):
                 assert rows == seen[0] and sorted(labels[1]) == sorted(seen[1])
                 nothing = [ln for ln in step.stderr.splitlines() if ln.startswith("[extract]") and "; 0 to do" in ln]
                 assert len(nothing) == 3, nothing
+                # the labels are made again by the new model (the earlier run's are cleared, not resumed)
+                fresh = f"0 already labelled in {out}/labels; {QUICK['heldout']} to do"
+                relabel = [ln for ln in step.stderr.splitlines() if ln.startswith("[label]") and fresh in ln]
+                assert len(relabel) == 1, [ln for ln in step.stderr.splitlines() if ln.startswith("[label]")]
             seen = (rows, labels[1])
 
 

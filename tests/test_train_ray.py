@@ -154,25 +154,6 @@ def test_a_stage_with_features_output_and_ray_storage_on_s3(ray_local, features,
     assert len(model.generate(model.processor.from_rows(batch, "ov_labels", with_targets=False), max_new_tokens=4)) == 2
 
 
-def test_a_finished_stage_run_again_into_its_output_trains_anew(ray_local, features, tmp_path):
-    """The same stage twice into one output (e.g. quickstart run again): the second is a new Ray Train run, not a
-    restore of the finished one (whose "final" checkpoint the new "final" would share and Ray then delete, so a
-    third run failed on a snapshot pointing at a missing checkpoint)."""
-    import json
-
-    cfg = dataclasses.replace(_cfg(features, tmp_path / "again", max_steps=2, tracking=TrackingConfig(enabled=False)),
-                              val_samples=0, scaling=ScalingConfig(workers=1, worker_cpus=0.5))
-    logs: list[str] = []
-    for _ in range(2):
-        summary = run_stage(cfg, log=logs.append)
-        assert summary["steps"] == 2 and summary["resumed_from"] == 0
-    run = tmp_path / "again.ray" / "train-again"
-    snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-    assert [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]] == ["final"]
-    assert (run / "final" / "final_metrics.json").is_file()
-    assert sum("finished run" in m for m in logs) == 1, logs
-
-
 def test_small_training_data_is_read_once_for_every_epoch(ray_local, features, tmp_path):
     """Within ``data.cache_mb`` the training rows are read once: with the feature files gone, two epochs still
     yield every train row (Ray Data would otherwise run the read again each epoch); ``cache_mb: 0`` streams."""

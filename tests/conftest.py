@@ -179,6 +179,25 @@ def synthetic_features(root: Path, cfg) -> Path:
     return root / "features"
 
 
+def start_server(cmd: list[str], env: dict, port: int, cwd=None, wait_s: float = 240):
+    """`ray-emer serve ...` as a user starts it: a subprocess whose stderr lines a thread collects as they come,
+    waited for until it says it listens on 127.0.0.1:PORT (else killed, failing with its stderr). Returns
+    ``(proc, lines, reader)``; the caller stops it (SIGTERM to its PID) and may join the reader for the last lines."""
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not any(" on http://" in ln for ln in lines) and proc.poll() is None:
+        time.sleep(0.3)
+    if not any(f" on http://127.0.0.1:{port}/" in ln for ln in lines):
+        proc.kill()
+        pytest.fail("the server did not start:\n" + "".join(lines)[-4000:])
+    return proc, lines, reader
+
+
 @pytest.fixture(scope="session")
 def synth_archive(tmp_path_factory) -> Path:
     """12 synthetic clips + manifest.csv (seed 0)."""

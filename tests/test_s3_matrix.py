@@ -28,13 +28,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import start_server
 
 pytestmark = [pytest.mark.integration]
 
@@ -396,16 +397,8 @@ def _serve_once(step: Step, checkpoint: str, clip_uri: str) -> dict:
            "--set", "labeller.description_tokens=8", "--set", "labeller.label_tokens=8",
            "--set", f"allow_prefixes=[{B}/arch/]"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=step.matrix.env, cwd=step.matrix.work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
+    proc, lines, reader = start_server(cmd, step.matrix.env, port, cwd=step.matrix.work)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not any(" on http://" in ln for ln in lines) and proc.poll() is None:
-            time.sleep(0.3)
-        assert any(f" on http://127.0.0.1:{port}/" in ln for ln in lines), "".join(lines)[-4000:]
         r = requests.post(f"http://127.0.0.1:{port}/v1/analyze", json={"video_uri": clip_uri}, timeout=120,
                           headers={"Authorization": f"Bearer {step.matrix.env['RAY_EMER_API_KEY']}"})
         assert r.status_code == 200, r.text

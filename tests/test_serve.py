@@ -10,10 +10,8 @@ import io
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 import wave
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 import requests
 import torch
 
+from conftest import start_server
 from ray_emer.model.affectgpt import AffectGPT
 from ray_emer.model.checkpoint import save_checkpoint
 from ray_emer.model.config import get_preset
@@ -226,15 +225,8 @@ def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, t
     env["RAY_ADDRESS"] = "local"  # its own Ray, as ray_local's: never a head someone else started on this machine
     cmd = [str(Path(sys.executable).parent / "ray-emer"), "serve", "--checkpoint", str(server["root"] / "ckpt"),
            "--port", str(port), "--max-upload-mb", "1", "--set", "labeller.description_tokens=8"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
+    proc, lines, _ = start_server(cmd, env, port)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not any("on http://" in ln for ln in lines) and proc.poll() is None:
-            time.sleep(0.5)
-        assert any("on http://127.0.0.1" in ln for ln in lines), "".join(lines)[-3000:]
         key = next(ln.split("Bearer ", 1)[1].strip() for ln in lines if "Authorization: Bearer" in ln)
         url = f"http://127.0.0.1:{port}"
         assert requests.get(f"{url}/healthz", timeout=30).status_code == 200

@@ -159,6 +159,28 @@ def test_limits_and_bad_inputs(server, clip, tmp_path):
     assert requests.post(f"{url}/v1/analyze", headers=_auth(), json={"nothing": 1}, timeout=30).status_code == 400
 
 
+def test_a_refused_large_upload_is_an_answer_every_client_reads(server):
+    """16x the 1 MB limit from Python's urllib, which sends the whole body before it reads the answer: the 413
+    (declared size; and the 401 without a key), not a connection reset; the same from requests, chunked."""
+    import urllib.error
+    import urllib.request
+
+    url, body = f"{server['url']}/v1/analyze", b"\0" * (16 * 2**20)
+    for headers, code, why in (({**_auth(), "Content-Type": "application/json"}, 413, "over 1.0 MB"),
+                               ({"Content-Type": "application/json"}, 401, "API key")):
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=120)
+        assert err.value.code == code and why in err.value.read().decode()
+
+    def chunks():  # no Content-Length: refused while it streams in, read to the end
+        for _ in range(16):
+            yield b"x" * 2**20
+
+    r = requests.post(url, headers={**_auth(), "Content-Type": "application/json"}, data=chunks(), timeout=120)
+    assert r.status_code == 413 and "over 1.0 MB" in r.json()["error"]
+
+
 def test_timeout_cannot_be_lifted_by_a_header(server, clip):
     r = requests.post(f"{server['url']}/strict/v1/analyze", timeout=60, json={"video_uri": str(clip)},
                       headers={**_auth(), "x-request-timeout-seconds": "0"})

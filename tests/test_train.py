@@ -264,3 +264,14 @@ def test_trainable_is_set_in_one_place_and_a_conflicting_model_override_fails():
     model = build_model(agreed)
     assert model.cfg.trainable == TrainableConfig(head="frozen", llm="full") and model.cfg.fusion == "none"
     assert not any(p.requires_grad for p in model.head.parameters())
+
+
+def test_ray_train_is_told_the_stage_numbers_not_every_step_loss():
+    """Ray Train prints what a worker reports on one log line: 300 losses made it unreadable. The list stays in
+    the final checkpoint (read back into the summary; the crash/resume test checks all 8 come back)."""
+    from ray_emer.train.trainer import reported
+
+    final = {"step": 300, "losses": [float(i) for i in range(300)], "metrics": {"val_loss": 1.0}, "resumed_from": 0}
+    out = reported(final)
+    assert "losses" not in out and out["losses_n"] == 300 and (out["loss_first"], out["loss_last"]) == (0.0, 299.0)
+    assert out["metrics"] == {"val_loss": 1.0} and len(repr(out)) < 300

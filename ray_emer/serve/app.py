@@ -65,8 +65,12 @@ api = FastAPI(title="ray_emer", description="Explainable multimodal emotion reco
 @api.middleware("http")
 async def guard(request: Request, call_next):
     """Auth and the declared body size, before routing, by this replica's Ingress (its application's settings)."""
-    refusal = serve.get_replica_context().servable_object.refusal(request)
-    return refusal or await call_next(request)
+    ingress = serve.get_replica_context().servable_object
+    refusal = ingress.refusal(request)
+    if refusal is None:
+        return await call_next(request)
+    await http.drain(request, ingress.args.max_bytes)  # so that the client, still sending, reads the answer
+    return refusal
 
 
 @serve.deployment(name="Ingress")

@@ -55,12 +55,46 @@ class ClipRequest:
     subtitle: str | None = None
 
 
+DRAIN_BYTES = 64 * 2**20  # at least this much of a refused body is read (and dropped) before the answer
+
+
+def drain_bound(max_bytes: int) -> int:
+    return max(DRAIN_BYTES, 8 * max_bytes)
+
+
+async def _drop(chunks: AsyncIterator[bytes], seen: int, bound: int) -> None:
+    """Read what is left of a body and drop it, one chunk at a time, up to ``bound`` bytes in all."""
+    try:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if seen > bound:
+                return
+    except Exception:  # noqa: BLE001 - a client that went away has nothing left to read
+        return
+
+
+async def drain(request: Request, max_bytes: int) -> None:
+    """Before an early answer (413 for a declared size, 401): read the body and drop it (up to
+    ``drain_bound``). Clients that send the whole body before they read (Python's urllib and requests) get a
+    connection reset instead of the answer when the server closes first; curl, waiting for 100-continue, does
+    not. nginx's lingering close does the same."""
+    try:
+        chunks = request.stream()
+    except RuntimeError:  # already read
+        return
+    await _drop(chunks, 0, drain_bound(max_bytes))
+
+
 async def read_body(request: Request, max_bytes: int, max_upload_mb: float) -> bytes:
-    """The body, counted while it streams in: chunked uploads cannot pass the limit either."""
+    """The body, counted while it streams in: chunked uploads cannot pass the limit either. Past the limit the
+    rest is read and dropped (``drain``) before the 413, so every client reads it; no more than the limit is held."""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > max_bytes:
+            chunks.clear()
+            await _drop(stream, size, drain_bound(max_bytes))
             raise HTTPError(413, body_over(max_upload_mb))
         chunks.append(chunk)
     data = b"".join(chunks)

@@ -189,8 +189,29 @@ def train_worker(config: dict) -> None:
         if rank == 0:
             with open(os.path.join(tmp, "final_metrics.json"), "w") as fh:
                 json.dump(final, fh)
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        ray.train.report(reported(final), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=FINAL_CHECKPOINT)
+
+
+def reported(final: dict) -> dict:
+    """What a worker reports to Ray Train, which prints it on one "Reporting training result" line: the stage's
+    numbers without its per-step losses (hundreds of floats); they stay in ``final_metrics.json`` of the final
+    checkpoint, in MLflow per step, and in the stage's summary."""
+    losses = final.get("losses") or []
+    return {**{k: v for k, v in final.items() if k != "losses"}, "losses_n": len(losses),
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+
+
+def _final_losses(checkpoint) -> list[float]:
+    """The per-step losses rank 0 wrote into the final checkpoint (``final_metrics.json``)."""
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as local:
+        path = os.path.join(local, "final_metrics.json")
+        if not os.path.exists(path):
+            return []
+        with open(path) as fh:
+            return list(json.load(fh).get("losses") or [])
 
 
 # ---------------------------------------------------------------- driver side
@@ -290,7 +311,7 @@ def run_ray_training(cfg: TrainConfig, log=say,
     finally:
         tracker.close()
     final = dict(result.metrics or {})
-    summary = stage_summary(cfg, final.get("step", 0), final.get("losses", []), final.get("metrics", {}),
+    summary = stage_summary(cfg, final.get("step", 0), _final_losses(result.checkpoint), final.get("metrics", {}),
                             sc.workers, time.perf_counter() - t0,
                             result.checkpoint.path if result.checkpoint else None,
                             final.get("resumed_from", 0), final.get("resume_check"))

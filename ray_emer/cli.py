@@ -138,7 +138,8 @@ COMMANDS: tuple[Command, ...] = (
             flags=(F("--input", to="input", help="folder, s3:// prefix, or .csv/.tsv/.parquet manifest"),
                    F("--output", to="output", help="directory or s3:// prefix for the Parquet shards"),
                    F("--preset", to="preset",
-                     help="model preset whose encoders run: tiny | affectgpt-qwen2.5-7b (default tiny)"),
+                     help="model preset whose encoders run: tiny | affectgpt-qwen2.5-0.5b | affectgpt-qwen2.5-7b "
+                          "(default tiny)"),
                    F("--face-crop", to="media.face_crop", action="store_true", default=None,
                      help="Haar face crops instead of whole frames"),
                    F("--asr", to="asr.enabled", action="store_true", default=None,
@@ -152,7 +153,8 @@ COMMANDS: tuple[Command, ...] = (
             config="ray_emer.train.loop:TrainConfig",
             flags=(F("--features", to="features", help="feature shards (ray-emer extract output)"),
                    F("--output", to="output", help="checkpoint directory to export"),
-                   F("--preset", to="preset", help="tiny | affectgpt-qwen2.5-7b (ignored with --init)"),
+                   F("--preset", to="preset",
+                     help="tiny | affectgpt-qwen2.5-0.5b | affectgpt-qwen2.5-7b (ignored with --init)"),
                    F("--init", to="init", help="checkpoint directory of an earlier stage"),
                    F("--max-steps", to="max_steps", type=int, help="optimizer steps (default: the configured epochs)"))),
     Command(("label",), "ray_emer.data.label_job:run_label",
@@ -236,7 +238,7 @@ COMMANDS: tuple[Command, ...] = (
             "per-component parameter table, built on the meta device (no download)",
             "Builds PRESET (or a checkpoint's config.json) on the meta device and prints total and trainable "
             "parameters per component. --json prints one object with total_params, trainable_params and components.",
-            flags=(F("preset", help="tiny | affectgpt-qwen2.5-7b | a checkpoint directory"),
+            flags=(F("preset", help="tiny | affectgpt-qwen2.5-0.5b | affectgpt-qwen2.5-7b | a checkpoint dir"),
                    F("--json", action="store_true"),
                    F("--no-encoders", dest="encoders", action="store_false",
                      help="leave the frozen CLIP/HuBERT towers out"),

@@ -63,8 +63,17 @@ def pool_size(setting: int, gpu: bool) -> int:
     return max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1
 
 
+def alive_node_ids() -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
 def alive_nodes() -> int:
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    return len(alive_node_ids())
+
+
+def restarted() -> bool:
+    """In an actor: whether Ray restarted it (its node died, or its process), so a job can count the restarts."""
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def require_shared_storage(paths: dict[str, str], cfg: storage.StorageConfig | None = None) -> None:

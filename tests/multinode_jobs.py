@@ -94,6 +94,49 @@ def gpu_layout(work: Path, bucket: str) -> dict:
             "label": {k: lab[k] for k in ("gpu", "actors", "ok", "error", "rows", "clips")}, "ids": ids}
 
 
+def node_loss(work: Path, bucket: str, cluster, nodes: list) -> dict:
+    """The label job of an archive on S3 while nodes die: the first worker node is removed when extraction's first
+    shard is written (a fresh node joins in its place), the second when the first labels are written."""
+    import torch
+
+    from ray_emer.data.label_job import LabelJobConfig, run_label
+    from ray_emer.features.shards import read_shards
+    from ray_emer.infer.labeller import LabellerConfig
+    from ray_emer.model.affectgpt import AffectGPT
+    from ray_emer.model.checkpoint import save_checkpoint
+    from ray_emer.model.config import get_preset
+    from ray_emer.synthetic import SynthConfig, write_archive
+    from ray_emer.data.extraction import ExtractConfig
+    from ray_emer.tracking import TrackingConfig
+
+    torch.manual_seed(0)
+    save_checkpoint(AffectGPT.build(get_preset("tiny")), str(work / "ckpt"))
+    ckpt = f"{bucket}/ckpt"
+    _upload_dir(str(work / "ckpt"), ckpt)
+    manifest = write_archive(f"{bucket}/archive", SynthConfig(clips=24, seed=0))
+    kills: list[str] = []
+
+    def log(message: str) -> None:  # the job's own progress triggers the failures
+        if message.startswith("[extract] ") and "clips (ok" in message and not kills:
+            cluster.remove_node(nodes[0])
+            kills.append("extract")
+            nodes.append(cluster.add_node(num_cpus=2))
+        elif message.startswith("[label] ") and "clips labelled" in message and len(kills) == 1:
+            cluster.remove_node(nodes[1])
+            kills.append("label")
+
+    summary = run_label(LabelJobConfig(input=manifest, output=f"{bucket}/labels", checkpoint=ckpt, num_actors=2,
+                                       actor_cpus=0.5, progress=False, tracking=TrackingConfig(enabled=False),
+                                       extract=ExtractConfig(encode_batch_size=2),
+                                       labeller=LabellerConfig(description_tokens=8, label_tokens=6, batch_size=2)),
+                        log=log)
+    ids = {name: read_shards(f"{bucket}/{name}", columns=["clip_id"]).column("clip_id").to_pylist()
+           for name in ("labels/_features", "labels")}
+    return {"kills": kills, "ids": ids, "summary": {k: summary[k] for k in ("rows", "clips", "ok", "error",
+                                                                             "restarted_actors", "nodes_lost")},
+            "extract": summary.get("extract")}
+
+
 def main(scenario: str, work: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
@@ -102,16 +145,16 @@ def main(scenario: str, work: str) -> None:
     if scenario == "gpu_layout":  # the workers inherit it: logical GPUs run on the CPU, with a warning
         os.environ["RAY_EMER_LOGICAL_GPUS"] = "cpu"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    if scenario == "storage":
-        for _ in range(2):
-            cluster.add_node(num_cpus=2)  # logical: a read task (1 CPU) fits beside half-CPU actors
-    else:
-        cluster.add_node(num_cpus=2, num_gpus=2)
+    if scenario == "gpu_layout":
+        nodes = [cluster.add_node(num_cpus=2, num_gpus=2)]
+    else:  # logical CPUs: a read task (1 CPU) fits beside half-CPU actors
+        nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        out = {"storage": storage_rule, "gpu_layout": gpu_layout}[scenario](work_dir,
-                                                                           os.environ.get("RAY_EMER_TEST_BUCKET", ""))
+        bucket = os.environ.get("RAY_EMER_TEST_BUCKET", "")
+        out = node_loss(work_dir, bucket, cluster, nodes) if scenario == "node_loss" else \
+            {"storage": storage_rule, "gpu_layout": gpu_layout}[scenario](work_dir, bucket)
         out["nodes"] = sum(1 for n in ray.nodes() if n["Alive"])
         print(json.dumps(out))
     finally:

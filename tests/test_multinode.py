@@ -40,3 +40,15 @@ def test_the_gpu_layout_runs_on_logical_gpus(tmp_path):
     assert lab["gpu"] and lab["actors"] == 2 and lab["ok"] == lab["rows"] == lab["clips"] == 12
     for name, ids in out["ids"].items():
         assert len(ids) == len(set(ids)) == 12, name
+
+
+def test_a_label_job_loses_two_nodes_and_keeps_every_clip_once(s3_bucket, tmp_path):
+    """A node removed when extraction writes its first shard (a new one joins), another when the first labels
+    are written: Ray retries the lost tasks and restarts the lost actors; every clip once in the features and
+    the labels, and the summary counts the lost nodes."""
+    out = _run("node_loss", tmp_path, {"RAY_EMER_TEST_BUCKET": s3_bucket})
+    assert out["kills"] == ["extract", "label"]
+    for name, ids in out["ids"].items():
+        assert sorted(ids) == sorted(set(ids)) and len(ids) == 24, name
+    s = out["summary"]
+    assert s["rows"] == s["clips"] == s["ok"] == 24 and s["error"] == 0 and s["nodes_lost"] == 2

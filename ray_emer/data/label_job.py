@@ -28,7 +28,15 @@ import pandas as pd
 import ray
 
 from ray_emer import storage
-from ray_emer.cluster import ensure_ray, pool_size, require_shared_storage, use_gpu, worker_device
+from ray_emer.cluster import (
+    alive_node_ids,
+    ensure_ray,
+    pool_size,
+    require_shared_storage,
+    restarted,
+    use_gpu,
+    worker_device,
+)
 from ray_emer.config import ConfigError
 from ray_emer.data.extraction import ExtractConfig
 from ray_emer.data.pipeline import run_extract
@@ -72,7 +80,7 @@ class _LabelAndWrite:
     def __init__(self, checkpoint: str, cfg: LabellerConfig, output: str, model_id: str) -> None:
         device = worker_device()  # a GPU actor: cuda, or why not
         self.labeller = Labeller(checkpoint, dataclasses.replace(cfg, device=device) if device else cfg, model_id)
-        self.output = output
+        self.output, self.restarted = output, restarted()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = self.labeller.label_batch(batch)
@@ -80,7 +88,12 @@ class _LabelAndWrite:
         return {"clip_id": np.array([r["clip_id"] for r in rows], dtype=object),
                 "status": np.array([r["status"] for r in rows], dtype=object),
                 "error": np.array([r["error"] for r in rows], dtype=object),
-                "tokens": np.array([r["generated_tokens"] for r in rows], dtype=np.int64)}
+                "tokens": np.array([r["generated_tokens"] for r in rows], dtype=np.int64),
+                "restarted": np.array([self._first_after_restart()] + [False] * (len(rows) - 1))}
+
+    def _first_after_restart(self) -> bool:
+        was, self.restarted = self.restarted, False
+        return was
 
 
 def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
@@ -105,7 +118,7 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
     ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
                         batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
-    counts, tokens, errors = {"ok": 0, "error": 0}, 0, []
+    counts, tokens, errors, restarts = {"ok": 0, "error": 0}, 0, [], 0
     t0 = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for clip, status, error in zip(batch["clip_id"], batch["status"], batch["error"], strict=True):
@@ -113,10 +126,12 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
             if status != "ok":
                 errors.append(f"{clip}: {error}")
         tokens += int(batch["tokens"].sum())
+        restarts += int(np.sum(batch["restarted"]))
         done_n = counts["ok"] + counts["error"]
         log(f"[label] {done_n} clips labelled (ok {counts['ok']}, error {counts['error']}), "
             f"{done_n / max(time.perf_counter() - t0, 1e-9):.2f} clips/s")
-    return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu, "actors": actors}
+    return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu, "actors": actors,
+            "restarted_actors": restarts}
 
 
 def _check_same_model(output: str, done: set[str], model_id: str) -> None:
@@ -159,6 +174,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
     ensure_ray()
+    nodes = alive_node_ids()  # a node that dies during the job is counted in the summary (nodes_lost)
     manifest = cfg.input.lower().endswith((".csv", ".tsv", ".parquet"))  # read by this process alone
     require_shared_storage({"--output": cfg.output, "--checkpoint": cfg.checkpoint,
                             "--input": "" if manifest else cfg.input}, cfg.storage)
@@ -174,7 +190,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
         f"(engine {cfg.labeller.engine}, model {model_id})")
     t1 = time.perf_counter()
     run = _run_actors(cfg, features, done, model_id, log) if todo else \
-        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0}
+        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0, "restarted_actors": 0}
     label_s = time.perf_counter() - t1
     labels = read_labels(cfg.output)
     labels = labels[labels["clip_id"].isin(set(ids))]
@@ -185,6 +201,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
                "error": int((labels["status"] != "ok").sum()), "wall_s": round(time.perf_counter() - t0, 3),
                "label_s": round(label_s, 3), "clips_per_s": round(todo / label_s, 3) if todo and label_s else 0.0,
                "generated_tokens": run["generated_tokens"], "gpu": run["gpu"], "actors": run["actors"],
+               "restarted_actors": run["restarted_actors"], "nodes_lost": len(nodes - alive_node_ids()),
                "tokens_per_s": round(run["generated_tokens"] / label_s, 1) if todo and label_s else 0.0,
                "exports": exports, "errors": run["errors"][:50]}
     if extract_summary is not None:

@@ -26,7 +26,15 @@ import ray
 
 from ray_emer import storage
 from ray_emer.asr import check_config
-from ray_emer.cluster import ensure_ray, pool_size, require_shared_storage, use_gpu, worker_device
+from ray_emer.cluster import (
+    alive_node_ids,
+    ensure_ray,
+    pool_size,
+    require_shared_storage,
+    restarted,
+    use_gpu,
+    worker_device,
+)
 from ray_emer.config import ConfigError
 from ray_emer.data.extraction import ExtractConfig, pending
 from ray_emer.data.manifest import folder_manifest
@@ -54,14 +62,15 @@ class _EncodeAndWrite:
     def __init__(self, preset: str, media, output: str, asr, scripted: str | None = None) -> None:
         # with asr.backend whisper: Whisper on its device; ``scripted``: traced towers (CPU), no transformers import
         self.encoder = FeatureEncoder(preset, media, device=worker_device(), asr=asr, scripted=scripted)
-        self.output, self.fresh = output, True
+        self.output, self.fresh, self.restarted = output, True, restarted()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         table = write_features(self.encoder.encode_batch(batch), self.encoder.schema, self.output)
         out = _summary(table)
         out["scripted"] = np.full(table.num_rows, self.encoder.encoders.scripted)
         out["encoder_load"] = np.array([self.fresh] + [False] * (table.num_rows - 1))
-        self.fresh = False
+        out["restarted"] = np.array([self.restarted] + [False] * (table.num_rows - 1))
+        self.fresh = self.restarted = False
         return out
 
 
@@ -80,9 +89,11 @@ def _decode_encode_write(batch: pa.Table, preset: str, media, output: str, asr,
             parts.append(table.select(["clip_id", "status", "error"]))
     finally:
         _release_after(keep_s)
-    out = _summary(pa.concat_tables(parts))
-    out["scripted"] = np.full(table.num_rows, encoder.encoders.scripted)
-    out["encoder_load"] = np.array([loaded] + [False] * (table.num_rows - 1))
+    written = pa.concat_tables(parts)
+    out = _summary(written)
+    out["scripted"] = np.full(written.num_rows, encoder.encoders.scripted)
+    out["encoder_load"] = np.array([loaded] + [False] * (written.num_rows - 1))
+    out["restarted"] = np.zeros(written.num_rows, bool)  # tasks are retried, not restarted
     return out
 
 
@@ -187,6 +198,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
         check_config(cfg.asr)  # a bad backend/model/language fails here, not as one error row per clip
     t_start = time.perf_counter()
     ensure_ray()
+    nodes = alive_node_ids()  # a node that dies during the job is counted in the summary (nodes_lost)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
     media = effective_media(cfg.preset, cfg.media)
     if folder_manifest(cfg.input):
@@ -200,7 +212,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     counts, errors = {"ok": 0, "error": 0}, []
     t0, first_shard, layout, tracking, gpu = time.perf_counter(), None, None, None, False
     scripted_used: set[bool] = set()
-    loads = 0
+    loads = restarts = 0
     try:
         if todo.num_rows:
             gpu = use_gpu(cfg.use_gpu)
@@ -217,6 +229,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                     tracking = _Tracking(cfg)  # MLflow's start-up runs beside the job, not after its last shard
                 scripted_used.update(bool(x) for x in batch["scripted"])
                 loads += int(np.sum(batch["encoder_load"]))
+                restarts += int(np.sum(batch["restarted"]))
                 for status, error, clip in zip(batch["status"], batch["error"], batch["clip_id"], strict=True):
                     counts[status] += 1
                     if status != "ok":
@@ -229,7 +242,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                    "skipped": skipped, **counts, "wall_s": round(wall, 3),
                    "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
                    "layout": layout, "gpu": gpu, "scripted_encoders": scripted_used == {True},
-                   "encoder_loads": loads,
+                   "encoder_loads": loads, "restarted_actors": restarts,
+                   "nodes_lost": len(nodes - alive_node_ids()),
                    "clips_per_s": round(todo.num_rows / wall, 3) if todo.num_rows and wall > 0 else 0.0,
                    "errors": errors[:50]}
         storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))

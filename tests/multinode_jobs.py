@@ -2,7 +2,7 @@
 do), run by tests/test_multinode.py in a subprocess: the test session keeps its own single-node Ray, and a Ray
 driver joins one cluster per process.
 
-    python tests/multinode_jobs.py SCENARIO WORKDIR   # prints one JSON object as its last line
+    python tests/multinode_jobs.py SCENARIO WORKDIR   # writes WORKDIR/result.json
 
 ``storage``: a head with no CPUs and two worker nodes; the label job with a local --output is refused before any
 work, then the same job with every path on S3 (moto, AWS_* from the environment) labels every clip once.
@@ -156,7 +156,8 @@ def main(scenario: str, work: str) -> None:
         out = node_loss(work_dir, bucket, cluster, nodes) if scenario == "node_loss" else \
             {"storage": storage_rule, "gpu_layout": gpu_layout}[scenario](work_dir, bucket)
         out["nodes"] = sum(1 for n in ray.nodes() if n["Alive"])
-        print(json.dumps(out))
+        # a file, not stdout: Ray's raylets print their own warnings to this process's stdout at any time
+        (work_dir / "result.json").write_text(json.dumps(out))
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -21,7 +21,7 @@ def _run(scenario: str, work, env_extra: dict) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "multinode_jobs.py"), scenario, str(work)],
                           capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads((work / "result.json").read_text())
 
 
 def test_local_paths_are_refused_on_many_nodes_and_s3_labels_every_clip_once(s3_bucket, tmp_path):

@@ -204,9 +204,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     if folder_manifest(cfg.input):
         log(f"[extract] {cfg.input} holds {folder_manifest(cfg.input)}: reading the clips through it")
     todo, total, skipped = pending(cfg)
-    videos = [u for u in todo.column("video_uri").to_pylist() if u]
-    local = [u for u in videos if not storage.is_shared(u, storage.shared_paths(cfg.storage))]
-    first_local = {f"video_uri ({len(local)} of {len(videos)} clips; the first)": local[0]} if local else {}
+    first_local = _first_local_video(todo, cfg) if len(nodes) > 1 else {}  # one node: every path is shared
     require_shared_storage({"--output": cfg.output, **first_local}, cfg.storage)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {todo.num_rows} to do")
     counts, errors = {"ok": 0, "error": 0}, []
@@ -254,6 +252,14 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     (tracking or _Tracking(cfg)).finish(summary)
     log(f"[extract] done: {counts['ok']} ok, {counts['error']} error, {skipped} skipped in {wall:.1f} s")
     return summary
+
+
+def _first_local_video(todo: pa.Table, cfg: ExtractConfig) -> dict[str, str]:
+    """``{what: uri}`` of the first clip whose video only this node's disk holds (for the shared-storage rule)."""
+    shared = storage.shared_paths(cfg.storage)
+    videos = [u for u in todo.column("video_uri").to_pylist() if u]
+    local = [u for u in videos if not storage.is_shared(u, shared)]
+    return {f"video_uri ({len(local)} of {len(videos)} clips; the first)": local[0]} if local else {}
 
 
 def _as_returned(ds):

@@ -10,13 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def _column(values: list) -> np.ndarray:
-    if values and all(isinstance(v, np.ndarray) for v in values):
-        return np.stack(values)
+def objects(values: list) -> np.ndarray:
+    """Values as a 1-D object array, each kept as it is."""
     arr = np.empty(len(values), dtype=object)  # filled one by one: numpy would nest lists and drop bytes' zeros
     for i, v in enumerate(values):
         arr[i] = v
     return arr
+
+
+def _column(values: list) -> np.ndarray:
+    if values and all(isinstance(v, np.ndarray) for v in values):
+        return np.stack(values)
+    return objects(values)
 
 
 def to_columns(rows: list[dict]) -> dict[str, np.ndarray]:

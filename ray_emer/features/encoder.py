@@ -21,6 +21,7 @@ import numpy as np
 
 from ray_emer.asr import AsrConfig, build_transcriber
 from ray_emer.config import to_dict
+from ray_emer.features.columns import objects
 from ray_emer.media import SAMPLE_RATE, MediaConfig
 from ray_emer.model.config import encoder_image_size, resolve_model_config
 from ray_emer.schema import feature_schema
@@ -94,14 +95,14 @@ class FeatureEncoder:
         video[~has_video], audio[~has_audio] = 0.0, 0.0
         out = _record_columns(records)
         out.update(video_feats=video.astype(np.float16), audio_feats=audio.astype(np.float16),
-                   has_video=has_video, has_audio=has_audio, status=_objects(status), error=_objects(error),
+                   has_video=has_video, has_audio=has_audio, status=objects(status), error=objects(error),
                    face_frames=np.asarray(batch["face_frames"], np.int32),
                    skipped_packets=np.asarray(batch["skipped_packets"], np.int32),
-                   video_backend=_objects([str(x) for x in batch["video_backend"]]),
+                   video_backend=objects([str(x) for x in batch["video_backend"]]),
                    duration_s=np.asarray(batch["duration_s"], np.float32),
                    decode_s=np.asarray(batch["decode_s"], np.float32),
                    encode_s=np.full(n, (time.perf_counter() - t0) / max(n, 1), np.float32),
-                   encoder=_objects([self.name] * n), subtitle_source=_objects(source))
+                   encoder=objects([self.name] * n), subtitle_source=objects(source))
         return out
 
     def _transcribe(self, batch: dict[str, np.ndarray], records: list[dict], source: list[str], status: list,
@@ -126,16 +127,9 @@ class FeatureEncoder:
                 source[i] = "asr"
 
 
-def _objects(values: list) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        arr[i] = v
-    return arr
-
-
 def _record_columns(records: list[dict]) -> dict[str, np.ndarray]:
     """The manifest records as columns: every key any record has, in first-seen order (None where absent)."""
-    return {name: _objects([r.get(name) for r in records]) for name in dict.fromkeys(k for r in records for k in r)}
+    return {name: objects([r.get(name) for r in records]) for name in dict.fromkeys(k for r in records for k in r)}
 
 
 def scripted_encoders(preset: str, media: MediaConfig) -> str:

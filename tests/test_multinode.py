@@ -52,3 +52,31 @@ def test_a_label_job_loses_two_nodes_and_keeps_every_clip_once(s3_bucket, tmp_pa
         assert sorted(ids) == sorted(set(ids)) and len(ids) == 24, name
     s = out["summary"]
     assert s["rows"] == s["clips"] == s["ok"] == 24 and s["error"] == 0 and s["nodes_lost"] == 2
+
+
+def test_a_training_stage_loses_a_ranks_node_and_resumes_on_the_others(tmp_path):
+    """Two ranks on two nodes; rank 1's node is removed after step 4 (checkpoint at step 3). The fixed-size group
+    restarts from that checkpoint on the nodes left, goes on with the epoch's other rows (none twice, none
+    skipped), and its export scores like an undisturbed run of the same stage on the same cluster."""
+    out = _run("train_node_loss", tmp_path, {})
+    assert len(out["removed"]) == 1 and out["nodes"] == 3  # the head and the two nodes left
+    hit, clean = out["hit"], out["clean"]
+    assert hit["resumed_from"] == 3 and clean["resumed_from"] == 0 and clean["steps"] == 9 <= hit["steps"]
+    restored = set(out["seen"][0]["restored"])
+    after = out["seen"][0]["seen"] + out["seen"][1]["seen"]
+    assert out["seen"][0]["restored"] == out["seen"][1]["restored"] and len(restored) == 12  # 3 steps x 2 ranks x 2
+    assert len(after) == len(set(after)) and not restored & set(after)
+    assert sorted(restored | set(after)) == out["train_ids"] and len(out["train_ids"]) == 36
+    val = out["val_loss"]
+    assert abs(val["hit"] - val["clean"]) < 0.1 * val["clean"], val
+
+
+def test_the_endpoint_loses_a_model_replicas_node_under_load(tmp_path):
+    """4 clients, one request at a time each, while the node of one of two Model replicas is removed: the requests
+    on it go to the other replica (Ingress retries a request whose replica died), none hangs, and Serve brings
+    the replica count back to 2 on the node left with room."""
+    out = _run("serve_node_loss", tmp_path, {})
+    assert out["replicas_before"] == 2 and out["replicas_after"] == 2 and out["recovered_s"] is not None, out
+    assert out["clients_alive"] == 0  # every client got an answer to every request and stopped when told
+    assert out["after_kill"] >= 8 and out["ok"] == out["requests"], out["failed"][:5]  # none failed, none hung
+    assert out["after_recovery"] == [200] * 4

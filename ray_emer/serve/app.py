@@ -23,6 +23,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
@@ -33,6 +34,9 @@ from ray_emer.serve.settings import ServeArgs, api_key, resolve_args
 
 __all__ = ["Decoder", "Ingress", "Model", "ServeArgs", "build_app", "build_app_with"]
 PUBLIC_PATHS = {"/healthz", "/"}
+# a request whose replica died under it (its node lost, an OOM kill) goes to another replica, at most this often:
+# an analysis has no side effects, so running it again is safe
+REPLICA_LOSS_RETRIES = 2
 
 
 # ---------------------------------------------------------------- deployments
@@ -126,11 +130,23 @@ class Ingress:
                                                    clip.subtitle)
         if decoded["status"] != "ok":
             raise http.HTTPError(400, f"cannot decode the clip: {decoded['error']}")
-        result = await self.model.analyze.remote(decoded)
+        result = await self._on_a_live_replica(decoded)
         if result.pop("status") != "ok":
             raise http.HTTPError(500, f"the model failed on this clip: {result['error']}")
         result.pop("error")
         return decoded, result
+
+    async def _on_a_live_replica(self, decoded: dict) -> dict:
+        """The Model's answer; a replica lost with the request on it (``RayActorError``: its actor or node died) is
+        retried on another one, after a short pause in which Serve's router learns of the loss."""
+        for attempt in range(REPLICA_LOSS_RETRIES + 1):
+            try:
+                return await self.model.analyze.remote(decoded)
+            except RayActorError:
+                if attempt == REPLICA_LOSS_RETRIES:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ routes
     @api.get("/healthz")
@@ -179,13 +195,17 @@ def build_app(args: dict):
 def build_app_with(args: dict | ServeArgs, deployment_options: dict | None = None):
     """``build_app`` for the Python API, with ``deployment_options`` (name -> ``.options()`` kwargs, e.g. the
     ``deployments`` entries of ``serve_config.yaml``; ``serve deploy`` applies the YAML's itself)."""
-    extra = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (deployment_options or {}).items()}
     cfg = resolve_args(args)
     key = api_key(cfg)
     media = cfg.media()
-    decoder = Decoder.options(ray_actor_options={"num_cpus": cfg.decode_cpus}, **extra.get("Decoder", {})).bind(media)
-    model_opts = {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.model_cpus}
-    model = Model.options(ray_actor_options=model_opts, **extra.get("Model", {})).bind(
-        cfg.checkpoint, cfg.labeller, media, cfg.max_batch_size, cfg.batch_wait_s)
-    return Ingress.options(ray_actor_options={"num_cpus": 0.1}, **extra.get("Ingress", {})).bind(decoder, model,
-                                                                                                  cfg, key)
+    actor = {"Decoder": {"num_cpus": cfg.decode_cpus}, "Ingress": {"num_cpus": 0.1},
+             "Model": {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.model_cpus}}
+
+    def options(name: str) -> dict:  # the given entries over ours; ray_actor_options merge key by key
+        given = {k: v for k, v in (deployment_options or {}).get(name, {}).items() if k != "name"}
+        return {**given, "ray_actor_options": {**actor[name], **given.get("ray_actor_options", {})}}
+
+    decoder = Decoder.options(**options("Decoder")).bind(media)
+    model = Model.options(**options("Model")).bind(cfg.checkpoint, cfg.labeller, media, cfg.max_batch_size,
+                                                   cfg.batch_wait_s)
+    return Ingress.options(**options("Ingress")).bind(decoder, model, cfg, key)

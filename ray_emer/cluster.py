@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 
 import ray
 
@@ -69,6 +70,32 @@ def alive_node_ids() -> set[str]:
 
 def alive_nodes() -> int:
     return len(alive_node_ids())
+
+
+class NodeLossPasses:
+    """A job's passes over what it has not written yet. Ray Data retries the tasks and restarts the actors of a
+    node that dies; a few of its own helpers do not come back (the Parquet footer readers of a read, which fail
+    the read's listing task) and end the execution. When a pass fails while a node alive at its start has died,
+    ``run`` starts a new pass (``make()`` again, which builds the dataset of what is still missing), up to
+    ``limit`` times; any other failure, or one more, is raised. ``resumed``: the passes started after a loss."""
+
+    def __init__(self, limit: int, log: Callable[[str], None], tag: str) -> None:
+        self.limit, self.log, self.tag, self.resumed = limit, log, tag, 0
+
+    def run(self, make: Callable[[], Iterable]) -> Iterator:
+        while True:
+            before = alive_node_ids()
+            try:
+                yield from make()
+                return
+            except Exception as exc:  # noqa: BLE001 - re-raised unless a node died under this pass
+                lost = before - alive_node_ids()
+                if not lost or self.resumed >= self.limit:
+                    raise
+                self.resumed += 1
+                self.log(f"[{self.tag}] {len(lost)} node(s) died and the pass failed ({type(exc).__name__}); "
+                         f"resuming with what is not written yet (pass {self.resumed + 1}, at most "
+                         f"{self.limit} after node losses)")
 
 
 def restarted() -> bool:

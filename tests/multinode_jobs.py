@@ -99,14 +99,14 @@ def node_loss(work: Path, bucket: str, cluster, nodes: list) -> dict:
     shard is written (a fresh node joins in its place), the second when the first labels are written."""
     import torch
 
+    from ray_emer.data.extraction import ExtractConfig
     from ray_emer.data.label_job import LabelJobConfig, run_label
-    from ray_emer.features.shards import read_shards
+    from ray_emer.features.shards import written_clip_ids
     from ray_emer.infer.labeller import LabellerConfig
     from ray_emer.model.affectgpt import AffectGPT
     from ray_emer.model.checkpoint import save_checkpoint
     from ray_emer.model.config import get_preset
     from ray_emer.synthetic import SynthConfig, write_archive
-    from ray_emer.data.extraction import ExtractConfig
     from ray_emer.tracking import TrackingConfig
 
     torch.manual_seed(0)
@@ -130,10 +130,9 @@ def node_loss(work: Path, bucket: str, cluster, nodes: list) -> dict:
                                        extract=ExtractConfig(encode_batch_size=2),
                                        labeller=LabellerConfig(description_tokens=8, label_tokens=6, batch_size=2)),
                         log=log)
-    ids = {name: read_shards(f"{bucket}/{name}", columns=["clip_id"]).column("clip_id").to_pylist()
-           for name in ("labels/_features", "labels")}
+    ids = {name: written_clip_ids(f"{bucket}/{name}") for name in ("labels/_features", "labels")}  # as written
     return {"kills": kills, "ids": ids, "summary": {k: summary[k] for k in ("rows", "clips", "ok", "error",
-                                                                             "restarted_actors", "nodes_lost")},
+                                                                             "restarted_actors", "nodes_lost", "resumed_passes")},
             "extract": summary.get("extract")}
 
 

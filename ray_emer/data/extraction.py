@@ -49,6 +49,8 @@ class ExtractConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
+    # passes started again, over what is not written yet, when one fails while a node died (0: fail)
+    resume_on_node_loss: int = 3
     progress: bool = True
 
 

@@ -29,6 +29,7 @@ import ray
 
 from ray_emer import storage
 from ray_emer.cluster import (
+    NodeLossPasses,
     alive_node_ids,
     ensure_ray,
     pool_size,
@@ -66,6 +67,8 @@ class LabelJobConfig:
     wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-label"))
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
+    # passes started again, over what is not labelled yet, when one fails while a node died (0: fail)
+    resume_on_node_loss: int = 3
     progress: bool = True
 
 
@@ -107,20 +110,31 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     return out, run_extract(ext, log=log)
 
 
-def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
-    gpu = use_gpu(cfg.use_gpu)
+def _label_dataset(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, gpu: bool, actors: int):
+    """The feature rows not in ``done``, through the labelling actors (each returns its written batch's summary)."""
     fs, _ = storage.arrow_filesystem(features)
     files = [storage.arrow_filesystem(f)[1] for f in part_files(features)]
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
+    return ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
+                          batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                          num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
+
+
+def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
+    gpu = use_gpu(cfg.use_gpu)
     actors = pool_size(cfg.num_actors, gpu)
-    ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
-                        batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                        num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
+    passes = NodeLossPasses(cfg.resume_on_node_loss, log, "label")
+
+    def a_pass():  # after a node loss, ``done`` is what the output holds by then
+        now = done if not passes.resumed else done_clip_ids(cfg.output) | done
+        return _label_dataset(cfg, features, now, model_id, gpu, actors).iter_batches(batch_size=None,
+                                                                                       batch_format="numpy")
+
     counts, tokens, errors, restarts = {"ok": 0, "error": 0}, 0, [], 0
     t0 = time.perf_counter()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in passes.run(a_pass):
         for clip, status, error in zip(batch["clip_id"], batch["status"], batch["error"], strict=True):
             counts[status] += 1
             if status != "ok":
@@ -131,7 +145,7 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
         log(f"[label] {done_n} clips labelled (ok {counts['ok']}, error {counts['error']}), "
             f"{done_n / max(time.perf_counter() - t0, 1e-9):.2f} clips/s")
     return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu, "actors": actors,
-            "restarted_actors": restarts}
+            "restarted_actors": restarts, "resumed_passes": passes.resumed}
 
 
 def _check_same_model(output: str, done: set[str], model_id: str) -> None:
@@ -190,7 +204,8 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
         f"(engine {cfg.labeller.engine}, model {model_id})")
     t1 = time.perf_counter()
     run = _run_actors(cfg, features, done, model_id, log) if todo else \
-        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0, "restarted_actors": 0}
+        {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0, "restarted_actors": 0,
+         "resumed_passes": 0}
     label_s = time.perf_counter() - t1
     labels = read_labels(cfg.output)
     labels = labels[labels["clip_id"].isin(set(ids))]
@@ -202,6 +217,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
                "label_s": round(label_s, 3), "clips_per_s": round(todo / label_s, 3) if todo and label_s else 0.0,
                "generated_tokens": run["generated_tokens"], "gpu": run["gpu"], "actors": run["actors"],
                "restarted_actors": run["restarted_actors"], "nodes_lost": len(nodes - alive_node_ids()),
+               "resumed_passes": run["resumed_passes"] + (extract_summary or {}).get("resumed_passes", 0),
                "tokens_per_s": round(run["generated_tokens"] / label_s, 1) if todo and label_s else 0.0,
                "exports": exports, "errors": run["errors"][:50]}
     if extract_summary is not None:

@@ -27,6 +27,7 @@ import ray
 from ray_emer import storage
 from ray_emer.asr import check_config
 from ray_emer.cluster import (
+    NodeLossPasses,
     alive_node_ids,
     ensure_ray,
     pool_size,
@@ -211,6 +212,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     t0, first_shard, layout, tracking, gpu = time.perf_counter(), None, None, None, False
     scripted_used: set[bool] = set()
     loads = restarts = 0
+    passes = NodeLossPasses(cfg.resume_on_node_loss, log, "extract")
+    rest = [todo]  # the first pass does ``todo``; one after a node loss, what is not written by then
     try:
         if todo.num_rows:
             gpu = use_gpu(cfg.use_gpu)
@@ -221,7 +224,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                     scripted = scripted_encoders(cfg.preset, media)
                 except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the workers build it as before
                     log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); workers build them")
-            for batch in _as_returned(_dataset(cfg, todo, media, gpu, layout, scripted)):
+            for batch in passes.run(lambda: _as_returned(_dataset(cfg, rest.pop() if rest else pending(cfg)[0], media,
+                                                                  gpu, layout, scripted))):
                 if first_shard is None:  # a task / actor returns a batch once its shard is written
                     first_shard = time.perf_counter() - t_start
                     tracking = _Tracking(cfg)  # MLflow's start-up runs beside the job, not after its last shard
@@ -241,7 +245,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                    "first_shard_s": round(first_shard, 3) if first_shard is not None else None,
                    "layout": layout, "gpu": gpu, "scripted_encoders": scripted_used == {True},
                    "encoder_loads": loads, "restarted_actors": restarts,
-                   "nodes_lost": len(nodes - alive_node_ids()),
+                   "nodes_lost": len(nodes - alive_node_ids()), "resumed_passes": passes.resumed,
                    "clips_per_s": round(todo.num_rows / wall, 3) if todo.num_rows and wall > 0 else 0.0,
                    "errors": errors[:50]}
         storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))

@@ -97,10 +97,15 @@ def _dataset(output: str) -> pads.Dataset | None:
     return pads.dataset([storage.arrow_filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
+def written_clip_ids(output: str) -> list[str]:
+    """The clip id of every row in the shards under ``output``, as written (a clip written twice: twice)."""
+    ds = _dataset(output)
+    return [] if ds is None else [str(c) for c in ds.to_table(columns=["clip_id"]).column("clip_id").to_pylist()]
+
+
 def done_clip_ids(output: str) -> set[str]:
     """Clip ids already written under ``output`` (ok or error): a rerun skips them."""
-    ds = _dataset(output)
-    return set() if ds is None else set(ds.to_table(columns=["clip_id"]).column("clip_id").to_pylist())
+    return set(written_clip_ids(output))
 
 
 def read_shards(output: str, columns: list[str] | None = None, filter=None) -> pa.Table:

@@ -49,7 +49,7 @@ class ExtractConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal; false: plain progress lines there too
 
 
 def pending(cfg: ExtractConfig) -> tuple[pa.Table, int, int]:

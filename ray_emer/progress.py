@@ -52,12 +52,12 @@ class Progress:
                             dynamic_ncols=True, smoothing=0.1, initial=start)
             _BARS.append(self.bar)
 
-    def rate(self) -> float:
-        return (self.done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+    def rate(self, now: float | None = None) -> float:
+        return (self.done - self.start) / max((now or time.perf_counter()) - self.t0, 1e-9)
 
-    def line(self, note: str = "") -> str:
-        """The plain line: ``[label] 12/48 clips labelled (ok 12, error 0), 1.5 clips/s, ETA 24 s``."""
-        rate = self.rate()
+    def line(self, note: str = "", now: float | None = None) -> str:
+        """The plain line: ``[label] 12/48 clips labelled (ok 12, error 0), 1.50 clips/s, ETA 24 s``."""
+        rate = self.rate(now)
         eta = duration((self.total - self.done) / rate) if rate > 0 and self.done < self.total else "0 s"
         what = " ".join(p for p in (f"{self.done}/{self.total}", self.unit, self.verb) if p)
         return (f"{self.tag} {what}" + (f" ({note})" if note else "")
@@ -74,7 +74,7 @@ class Progress:
         now = time.perf_counter()
         if self.last_line is None or done >= self.total or now - self.last_line >= self.every_s:
             self.last_line = now
-            self.log(self.line(note))
+            self.log(self.line(note, now))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def registered(tmp_path_factory):
     import mlflow
 
     root = tmp_path_factory.mktemp("registry")
-    features = synthetic_features(root, SynthConfig(clips=12, seed=5))
+    features = synthetic_features(root, SynthConfig(clips=12, seed=5, split_fractions=[0.6, 0.4, 0.0]))
     store = f"sqlite:///{root / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_EMER_HOME", str(root / "home"))  # where model URIs download to
@@ -36,10 +37,11 @@ def registered(tmp_path_factory):
             argv = ["train", "--features", str(features), "--output", str(root / out), "--preset", "tiny",
                     "--max-steps", "3", "--register", "emo", *init, "--set", "scaling.engine=local",
                     "--set", "data.batch_size=4", "--set", "val_samples=4", "--set", f"tracking.uri={store}"]
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
+            buf, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
                 assert main(argv) == 0
             summaries.append(json.loads(buf.getvalue().strip().splitlines()[-1]))
+            summaries[-1]["stderr"] = err.getvalue()
         client = mlflow.MlflowClient(store)
         client.set_registered_model_alias("emo", "champion", "1")
         yield {"root": root, "store": store, "features": features, "s1": summaries[0], "s2": summaries[1],
@@ -63,6 +65,14 @@ def test_register_makes_a_version_with_run_config_and_scores(registered):
     assert v1.source.endswith("/stage1")  # the checkpoint directory among the run's artifacts
     v2 = client.get_model_version("emo", "2")
     assert v2.tags["init"] == "models:/emo/1" and v2.run_id == s2["run_id"]
+
+
+def test_a_stage_shows_its_steps_with_rate_and_eta(registered):
+    # not a terminal: plain lines (the first step, then every 10 s, and the last)
+    err = registered["s1"]["stderr"]
+    assert re.search(r"^\[train\] 1/3 steps \(loss [\d.]+\), [\d.]+ steps/s, ETA \d+ s$", err, re.M), err
+    assert re.search(r"^\[train\] 3/3 steps \(loss [\d.]+\), [\d.]+ steps/s, ETA 0 s$", err, re.M), err
+    assert "[train] registered " in err and "as models:/emo/1" in err
 
 
 def test_train_init_from_a_model_uri_starts_from_that_version(registered):

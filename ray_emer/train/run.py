@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from ray_emer import storage
 from ray_emer.config import to_dict
+from ray_emer.model.config import AffectGPTConfig
 from ray_emer.progress import say
-from ray_emer.registry import is_model_uri, register_checkpoint, resolve_checkpoint
+from ray_emer.registry import RegistryError, is_model_uri, register_checkpoint, resolve_checkpoint
 from ray_emer.tracking import resolve_uri
 from ray_emer.train.local import run_local
 from ray_emer.train.loop import TrainConfig
@@ -29,8 +31,6 @@ def run_stage(cfg: TrainConfig, log=say, **engine_options) -> dict:
     checks the stage's inputs (``check_io``) once."""
     init = cfg.init
     if cfg.tracking.register_as and not cfg.tracking.enabled:
-        from ray_emer.registry import RegistryError
-
         raise RegistryError(f"register {cfg.tracking.register_as}: registering needs tracking "
                             "(tracking.enabled: true)")
     if is_model_uri(init):
@@ -55,9 +55,6 @@ def run_stage(cfg: TrainConfig, log=say, **engine_options) -> dict:
 def register_stage(cfg: TrainConfig, summary: dict, init: str) -> dict:
     """The stage's export as a new version of ``cfg.tracking.register_as``: its run linked, its settings and
     scores as the version's tags."""
-    from ray_emer.model.config import AffectGPTConfig
-    from ray_emer import storage
-
     mcfg = AffectGPTConfig.from_json(storage.read_text(storage.join(cfg.output, "config.json")))
     tags = {"preset": mcfg.preset, "base_llm": "random" if mcfg.init == "random" else mcfg.llm_name,
             "features": cfg.features, "init": init, "steps": summary["steps"], "engine": cfg.scaling.engine,

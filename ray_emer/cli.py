@@ -73,6 +73,8 @@ WHEEL = (F("--wheel-dir", help="folder with wheel1..5, synonym (.xlsx or .csv) a
 REPORT = (F("--report-dir", help="write report.json, report.md and report.png here"),
           F("--mlflow-uri", help="log params, metrics and the report files to MLflow "
                                  "(default: $MLFLOW_TRACKING_URI if set)"))
+CHECKPOINT_HELP = ("exported checkpoint directory (ray-emer train --output), or models:/NAME/VERSION, "
+                   "models:/NAME@ALIAS, runs:/RUN_ID/PATH (through the MLflow tracking URI)")
 PARSING = F("--parsing", choices=["published", "proper"], default="published",
             help="label-list parsing: 'published' (the published scorer's rule, default, for parity) or "
                  "'proper' (the manifest parser)")
@@ -155,8 +157,12 @@ COMMANDS: tuple[Command, ...] = (
                    F("--output", to="output", help="checkpoint directory to export"),
                    F("--preset", to="preset",
                      help="tiny | affectgpt-qwen2.5-0.5b | affectgpt-qwen2.5-7b (ignored with --init)"),
-                   F("--init", to="init", help="checkpoint directory of an earlier stage"),
-                   F("--max-steps", to="max_steps", type=int, help="optimizer steps (default: the configured epochs)"))),
+                   F("--init", to="init", help="checkpoint of an earlier stage: a directory, or models:/NAME/VERSION, "
+                                               "models:/NAME@ALIAS, runs:/RUN_ID/PATH"),
+                   F("--max-steps", to="max_steps", type=int, help="optimizer steps (default: the configured epochs)"),
+                   F("--register", to="tracking.register_as", metavar="NAME",
+                     help="register the export as a new version of model NAME in the MLflow Model Registry "
+                          "(the run linked, config and scores as tags); the summary names models:/NAME/VERSION"))),
     Command(("label",), "ray_emer.data.label_job:run_label",
             "label an archive or its features with a checkpoint (Ray Data + HF or vLLM)",
             "Generate a description, open-vocabulary labels and a sentiment for every clip of INPUT (feature shards "
@@ -166,7 +172,7 @@ COMMANDS: tuple[Command, ...] = (
             "reason; a rerun skips clips already labelled. Prints progress on stderr and a JSON summary on stdout.",
             config="ray_emer.data.label_job:LabelJobConfig",
             flags=(F("--input", to="input", help="feature shards, or a folder / s3:// prefix / manifest of clips"),
-                   F("--checkpoint", to="checkpoint", help="exported checkpoint directory (ray-emer train --output)"),
+                   F("--checkpoint", to="checkpoint", help=CHECKPOINT_HELP),
                    F("--output", to="output", help="directory or s3:// prefix for the label shards and exports"),
                    F("--engine", to="labeller.engine", choices=["hf", "vllm"],
                      help="generation engine (default hf; vllm needs the vllm extra)"),
@@ -180,8 +186,7 @@ COMMANDS: tuple[Command, ...] = (
             "and the page: RAY_EMER_API_KEY, RAY_EMER_API_KEY_FILE, else one is generated and printed. Stops on "
             "SIGINT/SIGTERM.",
             config="ray_emer.serve.settings:ServeArgs",
-            flags=(F("--checkpoint", to="checkpoint", required=True,
-                     help="exported checkpoint directory (ray-emer train --output)"),
+            flags=(F("--checkpoint", to="checkpoint", required=True, help=CHECKPOINT_HELP),
                    F("--port", type=int, default=8000),
                    F("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 to expose)"),
                    F("--max-upload-mb", to="max_upload_mb", type=float, help="request body limit in MB (413 above)"),

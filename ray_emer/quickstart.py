@@ -60,7 +60,8 @@ class QuickstartConfig:
     samples: int = 3  # sample descriptions printed in the terminal
     seed: int = 0  # training seed of both stages (model initialisation, data order)
     # MLflow: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db (a local out; an s3:// out
-    # uses the default store, sqlite:///$RAY_EMER_HOME/mlflow.db)
+    # uses the default store, sqlite:///$RAY_EMER_HOME/mlflow.db); tracking.register_as: NAME registers stage 2's
+    # export as a version of model NAME, and the summary names it (registered.stage2: models:/NAME/VERSION)
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-quickstart"))
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
 
@@ -89,7 +90,7 @@ def _stage(name: str, timings: dict, log):
 
 
 def stage_config(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str,
-                 name: str):
+                 name: str, register_as: str = ""):
     """The TrainConfig of one quickstart stage."""
     return TrainConfig(features=features, output=output, preset="tiny", init=init, max_steps=steps, log_every=10,
                        val_samples=16, seed=cfg.seed, trainable=TrainableConfig(head="full", llm="full"),
@@ -97,12 +98,13 @@ def stage_config(cfg: QuickstartConfig, features: str, output: str, steps: int, 
                                        packing=cfg.packing),
                        optim=OptimConfig(lr=cfg.lr, warmup_steps=10),
                        scaling=ScalingConfig(engine="ray", workers=cfg.workers, worker_cpus=cfg.worker_cpus),
-                       tracking=TrackingConfig(experiment="ray_emer-train", run_name=name), storage=cfg.storage)
+                       tracking=TrackingConfig(experiment="ray_emer-train", run_name=name, register_as=register_as),
+                       storage=cfg.storage)
 
 
 def _train(cfg: QuickstartConfig, features: str, output: str, steps: int, init: str, split: str, name: str,
-           log) -> dict:
-    return run_stage(stage_config(cfg, features, output, steps, init, split, name), log=log)
+           log, register_as: str = "") -> dict:
+    return run_stage(stage_config(cfg, features, output, steps, init, split, name, register_as), log=log)
 
 
 def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
@@ -124,7 +126,7 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
             s1 = _train(cfg, features["coarse"], storage.join(out, "stage1"), cfg.stage1_steps, "", "", "stage1", log)
         with _stage("stage 2: clean data (Ray Train)", timings, log):
             s2 = _train(cfg, features["clean"], storage.join(out, "stage2"), cfg.stage2_steps, s1["output"],
-                        "train", "stage2", log)
+                        "train", "stage2", log, cfg.tracking.register_as if uri else "")
         with _stage("labelling the held-out clips (Ray Data)", timings, log):
             label_cfg = LabelJobConfig(input=features["heldout"], output=storage.join(out, "labels"),
                                        checkpoint=s2["output"], labeller=cfg.labeller, evaluate=True,
@@ -150,6 +152,8 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
                "stages": {"stage1": s1["output"], "stage2": s2["output"], "features": features,
                           "training": {"stage1": _brief(s1), "stage2": _brief(s2)}},
                "wall_s": timings, "mlflow": uri, "chance": 1 / len(EMOTIONS)}
+    if "registered" in s2:  # tracking.register_as: stage 2's export is a version of that model
+        summary["registered"] = {"stage2": s2["registered"]["uri"]}
     log(f"[quickstart] held-out accuracy {scores['accuracy']:.1%} (chance {1 / len(EMOTIONS):.1%}); report: "
         f"{report['page']}; MLflow: {uri or 'off'}; {timings['total']} s")
     return summary

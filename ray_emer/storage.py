@@ -188,3 +188,19 @@ def local_copy(uri: str) -> Iterator[str]:
         local = str(Path(tmp) / f"clip{suffix}")
         Path(local).write_bytes(read_bytes(uri))
         yield local
+
+
+@contextlib.contextmanager
+def local_tree(uri: str) -> Iterator[Path]:
+    """A local directory with the files under ``uri`` (a temp copy for remote URIs, the folder itself otherwise)."""
+    if not is_remote(uri):
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray_emer-") as tmp:
+        prefix = uri.rstrip("/") + "/"
+        for remote in list_files(uri):
+            rel = remote[len(prefix):] if remote.startswith(prefix) else basename(remote)
+            dest = Path(tmp) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(read_bytes(remote))
+        yield Path(tmp)

@@ -26,6 +26,9 @@ class TrackingConfig:
     uri: str = ""  # empty: MLFLOW_TRACKING_URI, else the default local store (sqlite:///$RAY_EMER_HOME/mlflow.db)
     experiment: str = ""  # empty: the job's own (ray_emer-train, ray_emer-extract, ...)
     run_name: str = ""  # empty: the job's own
+    # training stages: register the exported checkpoint as a new version of this model (MLflow Model Registry;
+    # ray-emer train --register NAME); empty: no registration
+    register_as: str = ""
 
 
 def tracking(experiment: str) -> TrackingConfig:

@@ -235,7 +235,7 @@ def test_cli_label_extracts_an_archive_first(ray_local, trained, tmp_path, capsy
     assert table.num_rows == 5
     broken = [r for r in table.to_pylist() if r["clip_id"] == "broken"][0]
     assert broken["status"] == "error" and broken["error"].startswith("not_a_media_file:")
-    assert "[label] 5 clips labelled" in cap.err and "extracting features" in cap.err
+    assert "[label] 5/5 clips labelled" in cap.err and "extracting features" in cap.err
     assert main(["label", "--input", str(out / "_features"), "--checkpoint", str(tmp_path / "nope"),
                  "--output", str(tmp_path / "x")]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.quickstart import QuickstartConfig, _synth, run_quickstart
+from ray_emer.tracking import TrackingConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -18,7 +19,8 @@ def _quick_cfg(out) -> QuickstartConfig:
     return QuickstartConfig(out=str(out), coarse=_synth(24, 21, True, [1.0, 0.0, 0.0]),
                             clean=_synth(24, 22, False, [0.8, 0.2, 0.0]), heldout=_synth(8, 23, False, [0.0, 0.0, 1.0]),
                             stage1_steps=6, stage2_steps=6, worker_cpus=0.5, gallery=3,
-                            labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8))
+                            labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8),
+                            tracking=TrackingConfig(experiment="ray_emer-quickstart", register_as="quick-emo"))
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,14 @@ def test_mlflow_parent_run_with_a_child_per_stage(quick):
     assert names == ["extract", "extract", "extract", "label", "stage1", "stage2"], names
     stage1 = next(r for r in children if r.info.run_name == "stage1")
     assert stage1.data.params["world_size"] == "1" and stage1.data.params["preset"] == "tiny"  # logged by rank 0
+    # tracking.register_as: stage 2's export is version 1 of the model, linked to stage 2's run (Ray engine)
+    assert summary["registered"] == {"stage2": "models:/quick-emo/1"}
+    version = client.get_model_version("quick-emo", "1")
+    assert version.run_id == next(r for r in children if r.info.run_name == "stage2").info.run_id
+    assert version.tags["steps"] == "6" and version.tags["init"] == summary["stages"]["stage1"]
+    card = (Path(summary["stages"]["stage2"]) / "README.md").read_text()
+    assert "Optimizer steps: `6`" in card and "Engine: `ray`" in card
+    assert "README.md" in {a.path.split("/")[-1] for a in client.list_artifacts(version.run_id, "stage2")}
 
 
 def test_report_page_renders_in_a_browser(quick, chrome, tmp_path):

@@ -51,7 +51,7 @@ class ExtractConfig:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     # passes started again, over what is not written yet, when one fails while a node died (0: fail)
     resume_on_node_loss: int = 3
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal; false: plain progress lines there too
 
 
 def pending(cfg: ExtractConfig) -> tuple[pa.Table, int, int]:

@@ -45,10 +45,11 @@ from ray_emer.features.shards import done_clip_ids, part_files, read_shards, wri
 from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.labeller import Labeller, LabellerConfig
 from ray_emer.model.checkpoint import checkpoint_id
+from ray_emer.registry import resolve_checkpoint
 from ray_emer.schema import label_table
 from ray_emer.storage import StorageConfig
 from ray_emer.tracking import TrackingConfig, open_tracker, tracking
-from ray_emer.progress import say
+from ray_emer.progress import Progress, say
 
 FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_audio", "video_feats", "audio_feats"]
 
@@ -57,7 +58,9 @@ FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_a
 class LabelJobConfig:
     input: str = ""  # feature shards (ray-emer extract output), or an archive: folder, s3:// prefix, manifest
     output: str = ""  # label shards, _summary.json, _published/{reason,openset}.csv, _report/, _features/ (archive)
-    checkpoint: str = ""  # an exported checkpoint directory (ray-emer train --output)
+    # an exported checkpoint directory (ray-emer train --output), or models:/NAME/VERSION, models:/NAME@ALIAS,
+    # runs:/RUN_ID/PATH (resolved through tracking.uri, else MLFLOW_TRACKING_URI, else the default store)
+    checkpoint: str = ""
     labeller: LabellerConfig = dataclasses.field(default_factory=LabellerConfig)
     extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # archive input only
     num_actors: int = 0  # labelling actors (one GPU each when the cluster has GPUs); 0: one per GPU, else 1
@@ -69,7 +72,7 @@ class LabelJobConfig:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     # passes started again, over what is not labelled yet, when one fails while a node died (0: fail)
     resume_on_node_loss: int = 3
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal; false: plain progress lines there too
 
 
 def is_feature_dir(uri: str) -> bool:
@@ -122,7 +125,7 @@ def _label_dataset(cfg: LabelJobConfig, features: str, done: set[str], model_id:
                           num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
 
 
-def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
+def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], todo: int, model_id: str, log) -> dict:
     gpu = use_gpu(cfg.use_gpu)
     actors = pool_size(cfg.num_actors, gpu)
     passes = NodeLossPasses(cfg.resume_on_node_loss, log, "label")
@@ -133,17 +136,15 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
                                                                                        batch_format="numpy")
 
     counts, tokens, errors, restarts = {"ok": 0, "error": 0}, 0, [], 0
-    t0 = time.perf_counter()
-    for batch in passes.run(a_pass):
-        for clip, status, error in zip(batch["clip_id"], batch["status"], batch["error"], strict=True):
-            counts[status] += 1
-            if status != "ok":
-                errors.append(f"{clip}: {error}")
-        tokens += int(batch["tokens"].sum())
-        restarts += int(np.sum(batch["restarted"]))
-        done_n = counts["ok"] + counts["error"]
-        log(f"[label] {done_n} clips labelled (ok {counts['ok']}, error {counts['error']}), "
-            f"{done_n / max(time.perf_counter() - t0, 1e-9):.2f} clips/s")
+    with Progress("[label]", todo, "clips", "labelled", log=log, bar=None if cfg.progress else False) as bar:
+        for batch in passes.run(a_pass):
+            for clip, status, error in zip(batch["clip_id"], batch["status"], batch["error"], strict=True):
+                counts[status] += 1
+                if status != "ok":
+                    errors.append(f"{clip}: {error}")
+            tokens += int(batch["tokens"].sum())
+            restarts += int(np.sum(batch["restarted"]))
+            bar.update(counts["ok"] + counts["error"], f"ok {counts['ok']}, error {counts['error']}")
     return {**counts, "generated_tokens": tokens, "errors": errors, "gpu": gpu, "actors": actors,
             "restarted_actors": restarts, "resumed_passes": passes.resumed}
 
@@ -185,6 +186,8 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     """Label every clip of ``cfg.input`` not yet labelled under ``cfg.output``; returns the summary."""
     if not cfg.input or not cfg.output or not cfg.checkpoint:
         raise ConfigError("label needs --input, --output and --checkpoint (or input/output/checkpoint in the config)")
+    source = cfg.checkpoint  # a models:/ or runs:/ URI: resolved once here, the actors load the local copy
+    cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint, cfg.tracking.uri))
     if not storage.exists(storage.join(cfg.checkpoint, "config.json")):
         raise storage.StorageError(f"{cfg.checkpoint}: no config.json, not a checkpoint directory")
     ensure_ray()
@@ -192,7 +195,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     manifest = cfg.input.lower().endswith((".csv", ".tsv", ".parquet"))  # read by this process alone
     require_shared_storage({"--output": cfg.output, "--checkpoint": cfg.checkpoint,
                             "--input": "" if manifest else cfg.input}, cfg.storage)
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per job (Progress), not per operator
     t0 = time.perf_counter()
     features, extract_summary = _features(cfg, log)
     ids = read_shards(features, columns=["clip_id"]).column("clip_id").to_pylist()
@@ -203,14 +206,15 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     log(f"[label] {len(ids)} clips in {features}; {len(done)} already labelled in {cfg.output}; {todo} to do "
         f"(engine {cfg.labeller.engine}, model {model_id})")
     t1 = time.perf_counter()
-    run = _run_actors(cfg, features, done, model_id, log) if todo else \
+    run = _run_actors(cfg, features, done, todo, model_id, log) if todo else \
         {"ok": 0, "error": 0, "generated_tokens": 0, "errors": [], "gpu": False, "actors": 0, "restarted_actors": 0,
          "resumed_passes": 0}
     label_s = time.perf_counter() - t1
     labels = read_labels(cfg.output)
     labels = labels[labels["clip_id"].isin(set(ids))]
     exports = write_exports(labels, cfg.output)
-    summary = {"input": cfg.input, "features": features, "output": cfg.output, "checkpoint": cfg.checkpoint,
+    summary = {"input": cfg.input, "features": features, "output": cfg.output, "checkpoint": source,
+               "checkpoint_dir": cfg.checkpoint,
                "model": model_id, "engine": cfg.labeller.engine, "clips": len(ids), "processed": todo,
                "skipped": len(done), "rows": int(len(labels)), "ok": int((labels["status"] == "ok").sum()),
                "error": int((labels["status"] != "ok").sum()), "wall_s": round(time.perf_counter() - t0, 3),

@@ -44,7 +44,7 @@ from ray_emer.features.decode import decode_row
 from ray_emer.features.encoder import FeatureEncoder, effective_media, scripted_encoders
 from ray_emer.features.shards import write_features
 from ray_emer.tracking import open_tracker
-from ray_emer.progress import say
+from ray_emer.progress import Progress, say
 
 
 def _decode(batch: pa.Table, media, asr) -> dict[str, np.ndarray]:
@@ -200,7 +200,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     t_start = time.perf_counter()
     ensure_ray()
     nodes = alive_node_ids()  # a node that dies during the job is counted in the summary (nodes_lost)
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per job (Progress), not per operator
     media = effective_media(cfg.preset, cfg.media)
     if folder_manifest(cfg.input):
         log(f"[extract] {cfg.input} holds {folder_manifest(cfg.input)}: reading the clips through it")
@@ -209,7 +209,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
     require_shared_storage({"--output": cfg.output, **first_local}, cfg.storage)
     log(f"[extract] {total} clips in {cfg.input}; {skipped} already in {cfg.output}; {todo.num_rows} to do")
     counts, errors = {"ok": 0, "error": 0}, []
-    t0, first_shard, layout, tracking, gpu = time.perf_counter(), None, None, None, False
+    t0, first_shard, layout, tracking, gpu, bar = time.perf_counter(), None, None, None, False, None
     scripted_used: set[bool] = set()
     loads = restarts = 0
     passes = NodeLossPasses(cfg.resume_on_node_loss, log, "extract")
@@ -224,6 +224,7 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                     scripted = scripted_encoders(cfg.preset, media)
                 except Exception as exc:  # noqa: BLE001 - a tower that does not trace: the workers build it as before
                     log(f"[extract] encoders not traced ({type(exc).__name__}: {exc}); workers build them")
+            bar = Progress("[extract]", todo.num_rows, "clips", log=log, bar=None if cfg.progress else False)
             for batch in passes.run(lambda: _as_returned(_dataset(cfg, rest.pop() if rest else pending(cfg)[0], media,
                                                                   gpu, layout, scripted))):
                 if first_shard is None:  # a task / actor returns a batch once its shard is written
@@ -236,9 +237,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                     counts[status] += 1
                     if status != "ok":
                         errors.append(f"{clip}: {error}")
-                done = counts["ok"] + counts["error"]
-                log(f"[extract] {done}/{todo.num_rows} clips (ok {counts['ok']}, error {counts['error']}), "
-                    f"{done / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
+                bar.update(counts["ok"] + counts["error"], f"ok {counts['ok']}, error {counts['error']}")
+            bar.close()
         wall = time.perf_counter() - t0
         summary = {"input": cfg.input, "output": cfg.output, "clips": total, "processed": todo.num_rows,
                    "skipped": skipped, **counts, "wall_s": round(wall, 3),
@@ -250,6 +250,8 @@ def run_extract(cfg: ExtractConfig, log=say) -> dict:
                    "errors": errors[:50]}
         storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
     except BaseException:
+        if bar is not None:
+            bar.close()
         if tracking is not None:
             tracking.finish(None)
         raise

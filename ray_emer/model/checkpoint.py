@@ -11,7 +11,9 @@ Layout (docs/architecture.md, "Checkpoint directory")::
 
 A pretrained base named in ``config.json`` is not copied: it is loaded by name or path.
 Loading refuses directories holding pickle-based weight files (``.bin``, ``.pt``, ...).
-``uri`` may be a local path or ``s3://``: remote directories go through a local temp copy.
+``uri`` may be a local path, ``s3://`` (through a local temp copy), or a model URI (``models:/NAME/VERSION``,
+``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``: downloaded once through the tracking store, ``registry.py``).
+Every checkpoint also gets a model card, ``README.md`` (``model/card.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import torch
 from ray_emer import storage
 from ray_emer.model.affectgpt import AffectGPT, build_llm
 from ray_emer.model.config import AffectGPTConfig, TrainableConfig
+from ray_emer.model.card import card_text
 from ray_emer.model.head import MultimodalHead
 from ray_emer.model.tokenizer import build_tokenizer
 from ray_emer.errors import RayEmerError
+from ray_emer.registry import is_model_uri, resolve_checkpoint
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -46,11 +50,12 @@ def _plain_llm(model: AffectGPT, merge_lora: bool):
     return llm
 
 
-def _save_local(model: AffectGPT, path: Path, merge_lora: bool) -> None:
+def _save_local(model: AffectGPT, path: Path, merge_lora: bool, card: dict | None) -> None:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(model.cfg.to_json())
+    (path / "README.md").write_text(card_text(model.cfg, card))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()},
               str(path / "head.safetensors"))
     model.tokenizer.save_pretrained(str(path / "tokenizer"))
@@ -61,13 +66,16 @@ def _save_local(model: AffectGPT, path: Path, merge_lora: bool) -> None:
         _plain_llm(model, merge_lora=merge_lora).save_pretrained(str(path / "llm"))
 
 
-def save_checkpoint(model: AffectGPT, uri: str, merge_lora: bool = False) -> str:
-    """Write the checkpoint directory to ``uri``; ``merge_lora`` exports one plain LLM for an engine."""
+def save_checkpoint(model: AffectGPT, uri: str, merge_lora: bool = False, card: dict | None = None) -> str:
+    """Write the checkpoint directory to ``uri``; ``merge_lora`` exports one plain LLM for an engine. ``card``:
+    what the model card tells besides the config (``card.card_text``: data, steps, scores, ...)."""
+    if is_model_uri(uri):
+        raise CheckpointError(f"{uri}: a model URI is read-only; export to a directory and register it")
     if not storage.is_remote(uri):
-        _save_local(model, Path(uri), merge_lora)
+        _save_local(model, Path(uri), merge_lora, card)
         return uri
     with tempfile.TemporaryDirectory() as tmp:
-        _save_local(model, Path(tmp), merge_lora)
+        _save_local(model, Path(tmp), merge_lora, card)
         for file in sorted(Path(tmp).rglob("*")):
             if file.is_file():
                 storage.write_bytes(storage.join(uri, file.relative_to(tmp).as_posix()), file.read_bytes())
@@ -76,17 +84,9 @@ def save_checkpoint(model: AffectGPT, uri: str, merge_lora: bool = False) -> str
 
 @contextlib.contextmanager
 def _local_dir(uri: str):
-    if not storage.is_remote(uri):
-        yield Path(uri)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = uri.rstrip("/") + "/"
-        for remote in storage.list_files(uri):
-            rel = remote[len(prefix):] if remote.startswith(prefix) else storage.basename(remote)
-            dest = Path(tmp) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(storage.read_bytes(remote))
-        yield Path(tmp)
+    """The checkpoint as a local directory: a model URI resolved (downloaded once), ``s3://`` copied."""
+    with storage.local_tree(resolve_checkpoint(uri)) as path:
+        yield path
 
 
 def _check_safe(path: Path) -> None:
@@ -145,9 +145,10 @@ def export_llm(model: AffectGPT, out_dir: str) -> str:
 
 def checkpoint_id(uri: str) -> str:
     """``<name>@<sha256[:12]>`` of the files that define a checkpoint's weights (config, head, adapter):
-    label rows name the exact model that wrote them."""
+    label rows name the exact model that wrote them. A model URI is resolved first (``NAME-vVERSION@...``)."""
     import hashlib
 
+    uri = resolve_checkpoint(uri)
     digest = hashlib.sha256()
     for rel in ("config.json", "head.safetensors", "adapter/adapter_model.safetensors"):
         target = storage.join(uri, rel)

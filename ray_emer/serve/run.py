@@ -6,7 +6,7 @@ import signal
 import threading
 
 from ray_emer.config import ConfigError
-from ray_emer.serve.settings import ServeArgs
+from ray_emer.serve.settings import ServeArgs, resolve_args
 from ray_emer.progress import say
 
 
@@ -20,6 +20,7 @@ def serve_local(args: ServeArgs, log=say, port: int = 8000, host: str = "127.0.0
 
     if not args.checkpoint:
         raise ConfigError("serve needs --checkpoint (or checkpoint in the config)")
+    args = resolve_args(args)  # a model URI that names nothing fails here, before Ray starts
     stop = threading.Event()
     if not ray.is_initialized():
         ray.init(include_dashboard=False)

@@ -12,12 +12,16 @@ from typing import Literal
 from ray_emer.config import from_dict
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
+from ray_emer.registry import is_model_uri, resolve_checkpoint
 from ray_emer.serve import security
 
 
 @dataclasses.dataclass
 class ServeArgs:
-    checkpoint: str = ""  # an exported checkpoint directory (local or s3://)
+    # an exported checkpoint directory (local or s3://), or models:/NAME/VERSION, models:/NAME@ALIAS,
+    # runs:/RUN_ID/PATH: resolved to a local copy once, when the application is built
+    checkpoint: str = ""
+    tracking_uri: str = ""  # the MLflow store model URIs resolve through; empty: MLFLOW_TRACKING_URI, else the default
     engine: Literal["hf", "vllm"] = "hf"
     model_name: str = "ray-emer"  # the id /v1/models lists and answers carry
     auth: bool = True  # false: no API key at all (explicitly asked for)
@@ -47,11 +51,14 @@ class ServeArgs:
 def resolve_args(args: dict | ServeArgs | None) -> ServeArgs:
     """``serve_config.yaml``'s ``args`` (unknown keys fail) or a ``ServeArgs`` -> the checked ``ServeArgs``.
 
-    A checkpoint is required; the labeller runs the endpoint's ``engine`` (``labeller.engine`` follows it).
+    A checkpoint is required (a model URI becomes the local directory it resolves to); the labeller runs the
+    endpoint's ``engine`` (``labeller.engine`` follows it).
     """
     cfg = args if isinstance(args, ServeArgs) else from_dict(ServeArgs, dict(args or {}))
     if not cfg.checkpoint:
         raise ValueError("serve needs a checkpoint (args.checkpoint)")
+    if is_model_uri(cfg.checkpoint):
+        cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint, cfg.tracking_uri))
     cfg.labeller = dataclasses.replace(cfg.labeller, engine=cfg.engine)
     return cfg
 

@@ -84,9 +84,17 @@ def log_stage_artifacts(tracker: Tracker, cfg: TrainConfig, losses: list[float])
         tracker.log_artifact(cfg.output)
 
 
+def stage_card(cfg: TrainConfig, steps: int, metrics: dict) -> dict:
+    """What the exported checkpoint's model card tells of this stage (``model.card.card_text``)."""
+    scores = {k: v for k, v in metrics.items() if k != "val_n"}
+    return {"data": cfg.features, "init": cfg.init, "steps": steps, "engine": cfg.scaling.engine, "seed": cfg.seed,
+            "scores": scores, "scores_on": f"{metrics.get('val_n', 0)} rows of split {cfg.data.val_split!r} "
+                                          "(held out of training)"}
+
+
 def stage_summary(cfg: TrainConfig, steps: int, losses: list[float], metrics: dict, workers: int,
                   wall_s: float, checkpoint: str | None = None, resumed_from: int = 0,
-                  resume_check: dict | None = None) -> dict:
+                  resume_check: dict | None = None, run_id: str | None = None) -> dict:
     """The one summary of a training stage, whichever engine ran it."""
 
     def mean(xs: list[float]) -> float | None:
@@ -95,4 +103,4 @@ def stage_summary(cfg: TrainConfig, steps: int, losses: list[float], metrics: di
     return {"output": cfg.output, "engine": cfg.scaling.engine, "workers": workers, "steps": steps,
             "first_loss": mean(losses[:5]), "last_loss": mean(losses[-5:]), "losses": list(losses),
             "metrics": dict(metrics), "checkpoint": checkpoint, "wall_s": round(wall_s, 3),
-            "resumed_from": resumed_from, "resume_check": resume_check}
+            "resumed_from": resumed_from, "resume_check": resume_check, "run_id": run_id}

@@ -34,7 +34,7 @@ from ray_emer.cluster import ensure_ray, require_shared_storage, use_gpu
 from ray_emer.config import from_dict, to_dict
 from ray_emer.features.shards import read_shards
 from ray_emer.model.checkpoint import save_checkpoint
-from ray_emer.progress import say
+from ray_emer.progress import Progress, say
 from ray_emer.tracking import NullTracker, make_tracker, open_tracker, resolve_uri
 from ray_emer.train.fsdp import (
     full_state_dict,
@@ -55,7 +55,7 @@ from ray_emer.train.loop import (
     usable_row,
     validate,
 )
-from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_summary
+from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_card, stage_summary
 
 # the directory name of the small checkpoint a finished run reports its summary with (no training state)
 FINAL_CHECKPOINT = "final"
@@ -127,13 +127,13 @@ def _resume(model, opt, sched) -> tuple[TrainState, dict] | None:
     return TrainState(**extra), {"saved": saved, "loaded": loaded, "seen": len(seen)}
 
 
-def _export(model, cfg: TrainConfig, rank: int) -> None:
+def _export(model, cfg: TrainConfig, rank: int, card: dict) -> None:
     """Gather the unsharded weights (collective) and write the checkpoint directory from rank 0."""
     full = full_state_dict(model)
     if rank == 0:
         plain = build_model(cfg)
         plain.load_state_dict(full)
-        save_checkpoint(plain, cfg.output)
+        save_checkpoint(plain, cfg.output, card=card)
 
 
 def train_worker(config: dict) -> None:
@@ -163,9 +163,13 @@ def train_worker(config: dict) -> None:
     def epoch_batches(epoch: int):
         return shard.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy")
 
+    bar = Progress("[train]", steps, "steps", start=resumed_from) if rank == 0 else None  # lines Ray forwards
+
     def on_step(st: TrainState) -> None:
         if hook is not None:
             hook(st, rank)
+        if bar is not None:
+            bar.update(st.step, f"loss {st.losses[-1]:.3f}")
         every = cfg.scaling.checkpoint_every
         if every and st.step % every == 0 and st.step < steps:
             _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
@@ -174,7 +178,7 @@ def train_worker(config: dict) -> None:
     state = train(model, epoch_batches, cfg, steps, val_rows, tracker, state, (opt, sched), on_step)
     metrics = validate(model, val_rows, cfg) if val_rows else {}
     tracker.log_metrics(metrics, step=state.step)
-    _export(model, cfg, rank)
+    _export(model, cfg, rank, stage_card(cfg, state.step, metrics))
     if rank == 0:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
@@ -314,7 +318,7 @@ def run_ray_training(cfg: TrainConfig, log=say,
     summary = stage_summary(cfg, final.get("step", 0), _final_losses(result.checkpoint), final.get("metrics", {}),
                             sc.workers, time.perf_counter() - t0,
                             result.checkpoint.path if result.checkpoint else None,
-                            final.get("resumed_from", 0), final.get("resume_check"))
+                            final.get("resumed_from", 0), final.get("resume_check"), tracker.run_id)
     summary["train_rows_cached"] = cached
     log(f"[train] {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}; "
         f"exported {cfg.output}")

@@ -164,7 +164,8 @@ def test_killed_job_reruns_with_exactly_one_row_per_clip(ray_local, trained, tmp
     cmd = [str(Path(sys.executable).parent / "ray-emer"), "label", "--input", trained["heldout"],
            "--checkpoint", trained["checkpoint"], "--output", str(out), "--set", "labeller.batch_size=2",
            "--set", "labeller.description_tokens=160", "--set", "actor_cpus=0.5", "--set", "progress=false"]
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    # its own local Ray (RAY_ADDRESS=local), which the kill takes down with it, whatever else runs on this machine
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         deadline = time.time() + 240

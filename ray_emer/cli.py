@@ -171,9 +171,11 @@ COMMANDS: tuple[Command, ...] = (
                    F("--engine", to="labeller.engine", choices=["hf", "vllm"],
                      help="generation engine (default hf; vllm needs the vllm extra)"),
                    F("--evaluate", to="evaluate", action="store_true", default=None,
-                     help="score against the gold labels/descriptions of the input; adds scores and OUTPUT/_report/"),
+                     help="score against the gold labels/descriptions of the input (and the consistency of labels "
+                          "and descriptions); adds scores and OUTPUT/_report/"),
                    F("--wheel-dir", to="wheel_dir",
-                     help="with --evaluate: emotion-wheel tables for EW F_s and wheel-grouped metrics"))),
+                     help="emotion-wheel tables: the vocabulary with which each description states its labels, and, "
+                          "with --evaluate, EW F_s and wheel-grouped metrics"))),
     Command(("serve",), "ray_emer.serve.run:serve_local", "run the endpoint locally (embedded Ray + Ray Serve)",
             "Serve CHECKPOINT on http://HOST:PORT: POST /v1/analyze, POST /v1/chat/completions (OpenAI shape), "
             "GET /v1/models, GET /healthz and a demo page at /. A bearer API key guards every route but /healthz "

@@ -63,7 +63,9 @@ class LabelJobConfig:
     actor_cpus: float = 1.0  # CPUs per actor without GPUs
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     evaluate: bool = False  # score against the gold labels/descriptions the input carries
-    wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
+    # the emotion-wheel tables: evaluation (EW F_s, wheel-grouped EMER metrics and consistency), and the
+    # labeller's vocabulary (descriptions state the labels, labeller.state_labels) unless it names its own
+    wheel_dir: str = ""
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-label"))
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     progress: bool = True
@@ -107,6 +109,13 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     return out, run_extract(ext, log=log)
 
 
+def labeller_config(cfg: LabelJobConfig) -> LabellerConfig:
+    """The labeller's settings, with the job's wheel tables when it names none of its own."""
+    if cfg.wheel_dir and not cfg.labeller.wheel_dir:
+        return dataclasses.replace(cfg.labeller, wheel_dir=cfg.wheel_dir)
+    return cfg.labeller
+
+
 def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, log) -> dict:
     gpu = use_gpu(cfg.use_gpu)
     fs, _ = storage.arrow_filesystem(features)
@@ -115,7 +124,8 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], model_id: st
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
     actors = pool_size(cfg.num_actors, gpu)
-    ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
+    ds = ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, labeller_config(cfg), cfg.output,
+                                                             model_id),
                         batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
     counts, tokens, errors, restarts = {"ok": 0, "error": 0}, 0, [], 0

@@ -177,9 +177,11 @@ COMMANDS: tuple[Command, ...] = (
                    F("--engine", to="labeller.engine", choices=["hf", "vllm"],
                      help="generation engine (default hf; vllm needs the vllm extra)"),
                    F("--evaluate", to="evaluate", action="store_true", default=None,
-                     help="score against the gold labels/descriptions of the input; adds scores and OUTPUT/_report/"),
+                     help="score against the gold labels/descriptions of the input (and the consistency of labels "
+                          "and descriptions); adds scores and OUTPUT/_report/"),
                    F("--wheel-dir", to="wheel_dir",
-                     help="with --evaluate: emotion-wheel tables for EW F_s and wheel-grouped metrics"))),
+                     help="emotion-wheel tables: the vocabulary with which each description states its labels, and, "
+                          "with --evaluate, EW F_s and wheel-grouped metrics"))),
     Command(("serve",), "ray_emer.serve.run:serve_local", "run the endpoint locally (embedded Ray + Ray Serve)",
             "Serve CHECKPOINT on http://HOST:PORT: POST /v1/analyze, POST /v1/chat/completions (OpenAI shape), "
             "GET /v1/models, GET /healthz and a demo page at /. A bearer API key guards every route but /healthz "
@@ -255,11 +257,16 @@ COMMANDS: tuple[Command, ...] = (
             "Reads the released AffectGPT training checkpoint (projectors, pre-fusion, LoRA; torch.load "
             "weights_only, or a flat .safetensors), checks every key and shape against PRESET built on the meta "
             "device, writes config.json, head.safetensors, adapter/ (PEFT) and tokenizer/ to OUT and prints one "
-            "JSON object: mapped, ignored (optimizer, scaler, config, epoch) and differences.",
+            "JSON object: mapped, ignored (optimizer, scaler, config, epoch), tokenizer and differences. Needs no "
+            "network: without --tokenizer and without a local copy of the preset's tokenizer (a folder, the "
+            "Hugging Face cache), tokenizer/ is left out and resolved where the checkpoint is loaded.",
             flags=(F("file", help="the published checkpoint_*.pth (local or s3://)"),
                    F("--out", required=True, help="new checkpoint directory (local or s3://; must be empty)"),
                    F("--preset", default="affectgpt-qwen2.5-7b",
-                     help="affectgpt-qwen2.5-7b (default) | a checkpoint directory whose config.json to use"))),
+                     help="affectgpt-qwen2.5-7b (default) | a checkpoint directory whose config.json to use"),
+                   F("--tokenizer", metavar="PATH",
+                     help="a local tokenizer folder to write as tokenizer/ (default: the preset's, if a local "
+                          "copy exists; else resolved at load)"))),
 )
 GROUP_HELP = {"evaluate": ("MER-UniBench and EMER metrics, label extraction, reports",
                            "Score predictions as MER-UniBench / the EMER paper do."),

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from ray_emer.model.checkpoint import CheckpointError, load_checkpoint, save_che
 from ray_emer.model.config import get_preset
 from ray_emer.model.importer import import_published
 from ray_emer.model.published import check_source, map_published, meta_model, published_layout
-from ray_emer.model.tokenizer import build_tokenizer
+from ray_emer.model.tokenizer import TokenizerError, build_tokenizer, tiny_tokenizer
 
 # published module -> (ray_emer head module, (in, out) as a function of video dim V, audio dim A, fusion dim F,
 # LLM hidden H); read from AffectGPT.__init__ (attention fusion setup, image_fusion_type mean)
@@ -284,7 +287,7 @@ def test_preset_and_destination_checks(tiny_cfg, tmp_path):
     with pytest.raises(CheckpointError, match="not empty"):
         import_published(str(tmp_path / "ck.pth"), str(tmp_path / "full"), tiny_cfg)
     (tmp_path / "no-tokenizer").mkdir()
-    with pytest.raises(CheckpointError, match="cannot load the tokenizer"):
+    with pytest.raises(CheckpointError, match="cannot load the tokenizer for tokenizer/ from the preset.s folder"):
         import_published(str(tmp_path / "ck.pth"), str(tmp_path / "out"), dataclasses.replace(
             tiny_cfg, tokenizer="", llm_name=str(tmp_path / "no-tokenizer")))
     assert not (tmp_path / "out").exists()
@@ -316,3 +319,75 @@ def test_import_from_and_to_s3(tiny_cfg, tmp_path, s3_bucket):
     assert torch.equal(model.head.video_proj.weight, state["affectgpt_proj.weight"])
     with pytest.raises(CheckpointError, match="not empty"):
         import_published(f"{s3_bucket}/published/ck.pth", f"{s3_bucket}/imported", tiny_cfg)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every DNS lookup or connection attempt is recorded and fails at once (as on a machine with no network).
+    huggingface_hub's telemetry is off (it fetches a registry for its user-agent header, best effort, unless
+    HF_HUB_OFFLINE or HF_HUB_DISABLE_TELEMETRY): any attempt left is one the import made."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+HUB_ONLY = "ray-emer-tests/not-downloaded-llm"  # a Hub name that no cache holds
+
+
+def test_import_needs_no_network(tiny_cfg, tmp_path, no_network):
+    state = published_file(tmp_path / "ck.pth", tiny_cfg)
+    cfg = dataclasses.replace(tiny_cfg, tokenizer="", llm_name=HUB_ONLY)
+    t0 = time.perf_counter()
+    result = import_published(str(tmp_path / "ck.pth"), str(tmp_path / "out"), cfg)
+    assert time.perf_counter() - t0 < 30 and no_network == []
+    assert result["mapped"]["params"] == sum(t.numel() for t in state.values())
+    assert result["tokenizer"]["written"] is False and result["tokenizer"]["from"] == HUB_ONLY
+    assert HUB_ONLY in result["tokenizer"]["why"] and "--tokenizer PATH" in result["tokenizer"]["why"]
+    assert {"config.json", "head.safetensors", "adapter/adapter_model.safetensors"} <= set(result["files"])
+    assert not any(f.startswith("tokenizer/") for f in result["files"])
+    # where the checkpoint is loaded, the tokenizer comes from the name it records (here: not reachable either)
+    with pytest.raises(TokenizerError, match=f"tokenizer '{HUB_ONLY}' not found locally or on the Hub") as err:
+        build_tokenizer(cfg, path=str(tmp_path / "out" / "tokenizer"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_without_tokenizer_folder_loads_the_configs_tokenizer(tiny_cfg, tmp_path):
+    published_file(tmp_path / "ck.pth", tiny_cfg)
+    import_published(str(tmp_path / "ck.pth"), str(tmp_path / "out"), tiny_cfg)
+    shutil.rmtree(tmp_path / "out" / "tokenizer")  # an import made without a tokenizer at hand
+    model = load_checkpoint(str(tmp_path / "out"))
+    assert model.tokenizer.get_vocab() == build_tokenizer(tiny_cfg).get_vocab() and model.has_lora
+
+
+def test_import_tokenizer_from_a_folder(tiny_cfg, tmp_path, no_network, capsys):
+    published_file(tmp_path / "ck.pth", tiny_cfg)
+    tiny_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    cfg = dataclasses.replace(tiny_cfg, tokenizer="", llm_name=HUB_ONLY)
+    result = import_published(str(tmp_path / "ck.pth"), str(tmp_path / "out"), cfg, tokenizer=str(tmp_path / "tok"))
+    assert result["tokenizer"] == {"written": True, "from": str(tmp_path / "tok")} and no_network == []
+    written = build_tokenizer(cfg, path=str(tmp_path / "out" / "tokenizer"))
+    assert written.get_vocab() == build_tokenizer(tiny_cfg).get_vocab()  # the placeholders registered, as trained
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "config.json").write_text(cfg.to_json())
+    (tmp_path / "empty").mkdir()
+    for path, message in ((tmp_path / "nowhere", "not a local folder"),
+                          (tmp_path / "empty", f"tokenizer '{tmp_path / 'empty'}' not found")):
+        t0 = time.perf_counter()
+        assert main(["model", "import", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "o2"), "--preset",
+                     str(tmp_path / "arch"), "--tokenizer", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert time.perf_counter() - t0 < 10 and f"--tokenizer {path}: " in err and message in err
+        assert err.count("\n") == 1 and not (tmp_path / "o2").exists()
+    no_vocab = dataclasses.replace(cfg, llm_config={k: v for k, v in cfg.llm_config.items() if k != "vocab_size"})
+    with pytest.raises(CheckpointError, match=f"no vocab_size and its tokenizer is not here \\('{HUB_ONLY}'\\)"):
+        import_published(str(tmp_path / "ck.pth"), str(tmp_path / "o3"), no_vocab)
+    assert no_network == [] and not (tmp_path / "o3").exists()

@@ -214,7 +214,8 @@ def test_label_scores_without_a_wheel_use_exact_labels():
                          "description": ["d1", "d2", "d3", ""], "emotion": ["happy", "sad", "angry", None]})
     labels = pd.DataFrame({"clip_id": ["a", "b", "c", "d"], "status": ["ok", "ok", "error", "ok"],
                            "labels": [["joyful", "happy"], ["angry", "sad"], [], ["calm"]],
-                           "sentiment": ["positive", "negative", "", "neutral"], "description": ["d1", "x", "", "y"]})
+                           "sentiment": ["positive", "negative", "", "neutral"],
+                           "description": ["d1", "Therefore, sad.", "", "y"]})
     s = score_labels(labels, gold_from_features(features))
     assert s["n_gold"] == 3 and s["n_gold_labels"] == 3 and s["n_error"] == 1  # d carries no gold
     assert s["accuracy"] == pytest.approx(1 / 3) and s["hit_rate"] == pytest.approx(2 / 3)
@@ -222,3 +223,6 @@ def test_label_scores_without_a_wheel_use_exact_labels():
     assert s["emer"]["recall_s"] == pytest.approx((1 + 1 + 0) / 3)
     assert s["per_emotion"]["sad"] == {"n": 1, "correct": 0, "accuracy": 0.0}
     assert s["text"]["n"] == 3
+    # consistency: b's description states sad, one of its labels; a and d state nothing (c is an error row)
+    assert s["consistency"] == pytest.approx(1 / 3) and s["consistency_rows"]["n"] == 3
+    assert s["consistency_rows"]["grouping"] == "exact"

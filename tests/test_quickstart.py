@@ -40,8 +40,12 @@ def test_chain_summary_labels_and_report(quick):
     assert (Path(summary["stages"]["stage2"]) / "config.json").is_file()
     labels = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
     assert labels["rows"] == 8 and labels["scores"]["accuracy"] == summary["scores"]["accuracy"]
+    # labels and descriptions agree, scored with the archives' vocabulary (wheel tables beside them)
+    assert labels["scores"]["consistency"] == summary["scores"]["consistency"] is not None
+    assert labels["scores"]["consistency_rows"]["grouping"] == "wheel" and (out / "wheel" / "wheel1.csv").is_file()
     page = Path(summary["report"]).read_text()
     assert "Scores on the held-out clips" in page and page.count("class='card'") == 3
+    assert f"<td>consistency</td><td>{summary['scores']['consistency']:.4f}</td>" in page
     report = Path(summary["report"]).parent
     for name in ("loss_curves.png", "confusion.png"):
         assert (report / name).stat().st_size > 5000

@@ -67,7 +67,9 @@ class LabelJobConfig:
     actor_cpus: float = 1.0  # CPUs per actor without GPUs
     use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
     evaluate: bool = False  # score against the gold labels/descriptions the input carries
-    wheel_dir: str = ""  # evaluation: the emotion-wheel tables for EW F_s and wheel-grouped EMER metrics
+    # the emotion-wheel tables: evaluation (EW F_s, wheel-grouped EMER metrics and consistency), and the
+    # labeller's vocabulary (descriptions state the labels, labeller.state_labels) unless it names its own
+    wheel_dir: str = ""
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-label"))
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     # passes started again, over what is not labelled yet, when one fails while a node died (0: fail)
@@ -113,6 +115,13 @@ def _features(cfg: LabelJobConfig, log) -> tuple[str, dict | None]:
     return out, run_extract(ext, log=log)
 
 
+def labeller_config(cfg: LabelJobConfig) -> LabellerConfig:
+    """The labeller's settings, with the job's wheel tables when it names none of its own."""
+    if cfg.wheel_dir and not cfg.labeller.wheel_dir:
+        return dataclasses.replace(cfg.labeller, wheel_dir=cfg.wheel_dir)
+    return cfg.labeller
+
+
 def _label_dataset(cfg: LabelJobConfig, features: str, done: set[str], model_id: str, gpu: bool, actors: int):
     """The feature rows not in ``done``, through the labelling actors (each returns its written batch's summary)."""
     fs, _ = storage.arrow_filesystem(features)
@@ -120,7 +129,8 @@ def _label_dataset(cfg: LabelJobConfig, features: str, done: set[str], model_id:
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
-    return ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, cfg.labeller, cfg.output, model_id),
+    return ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, labeller_config(cfg), cfg.output,
+                                                               model_id),
                           batch_size=cfg.labeller.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                           num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cfg.actor_cpus)
 

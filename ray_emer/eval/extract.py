@@ -57,13 +57,15 @@ class LLMExtractor:
         return [parse_answer(a) for a in answers]
 
 
-_TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*|n't")
+TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*|n't")
 
 
-# EMER descriptions close with an inference ("Therefore, ... is anxious"); the clue part
-# before it names many feelings that are then weighed and rejected.
+# EMER descriptions close with an inference ("Therefore, ... is anxious"; the synthetic archive's "...
+# the person's emotional state is most likely anxious"); the clue part before it names many feelings that
+# are then weighed and rejected. ("most likely" occurs in none of the OV-MERD descriptions: their scores
+# below are unchanged by it.)
 CONCLUSION = re.compile(r"\b(therefore|thus|in summary|overall|in conclusion|to sum up|in general|"
-                        r"taken together|based on)\b", re.I)
+                        r"taken together|based on|most likely)\b", re.I)
 
 
 def conclusion(text: str) -> str:
@@ -96,7 +98,8 @@ class LexiconExtractor:
         self.focus, self.negation_window = focus, negation_window
         self.vocab = {form: sorted(bases) for form, bases in wheels.forms.items() if form not in GENERIC}
 
-    def _label(self, token: str) -> str | None:
+    def label(self, token: str) -> str | None:
+        """The vocabulary word a (lower-case) token names, or None."""
         candidates = [token] + [lem for lems in getAllLemmas(token).values() for lem in lems]
         for cand in candidates:
             if cand in self.vocab:  # a form of one or more base words: name the base
@@ -109,12 +112,16 @@ class LexiconExtractor:
             return self._scan(conclusion(text)) or self._scan(text)
         return self._scan(text)
 
+    def negated(self, tokens: list[str], i: int) -> bool:
+        """A negation among the ``negation_window`` tokens before ``tokens[i]``."""
+        return bool(NEGATIONS & set(tokens[max(0, i - self.negation_window) : i]))
+
     def _scan(self, text: str) -> list[str]:
-        tokens = _TOKEN.findall(text.lower().replace("’", "'"))
+        tokens = TOKEN.findall(text.lower().replace("’", "'"))
         found: list[str] = []
         for i, token in enumerate(tokens):
-            label = self._label(token)
-            if label is None or NEGATIONS & set(tokens[max(0, i - self.negation_window) : i]):
+            label = self.label(token)
+            if label is None or self.negated(tokens, i):
                 continue
             if label not in found:
                 found.append(label)

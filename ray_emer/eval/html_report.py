@@ -69,8 +69,8 @@ def _esc(x) -> str:
 
 def _score_rows(scores: dict) -> str:
     rows = []
-    for key in ("accuracy", "hit_rate", "sentiment_accuracy"):
-        if key in scores:
+    for key in ("accuracy", "hit_rate", "sentiment_accuracy", "consistency"):
+        if isinstance(scores.get(key), float):
             rows.append((key, scores[key]))
     for section in ("emer", "ov", "text"):
         for k, v in (scores.get(section) or {}).items():

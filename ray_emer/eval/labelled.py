@@ -8,6 +8,9 @@
   emotion wheel when its tables are given, else by exact (lower-cased) label
 - ``ov``: EW F_s with precision and recall (needs the wheel tables)
 - ``text``: BLEU-1..4, METEOR, ROUGE-L, CIDEr of the descriptions against the gold ones
+- ``consistency``: the share of ok rows whose labels agree with the emotions their own description
+  states (``eval.consistency``; no gold needed), grouped by the emotion wheel when its tables are given,
+  else by the word; ``consistency_rows``: rows scored, grouping and a few disagreeing rows
 
 Error rows and clips without a label row count as wrong (empty predictions).
 """
@@ -21,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ray_emer import storage
+from ray_emer.eval.consistency import consistency
 from ray_emer.eval.extract import lexicon_sentiment
 from ray_emer.eval.metrics import emer_set_metrics, emer_wheel_metrics, hit_rate, ov_fscore
 from ray_emer.eval.report import write_report
@@ -74,6 +78,9 @@ def score_labels(labels: pd.DataFrame, gold: dict[str, dict], wheels: EmotionWhe
             out["emer"] = emer_set_metrics(gold_sets, preds, {})
         out["emer_grouping"] = "wheel" if wheels is not None else "exact"
         out["per_emotion"] = _per_emotion(with_labels, pred)
+    agree = consistency(ok[["clip_id", "labels", "description"]].to_dict("records"), wheels)
+    out["consistency"] = agree.pop("consistency")
+    out["consistency_rows"] = agree
     with_desc = {c: g["description"] for c, g in gold.items() if g["description"]}
     if with_desc:
         out["text"] = text_overlap(with_desc, {c: desc.get(c, "") or "" for c in with_desc})

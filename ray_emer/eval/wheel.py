@@ -177,3 +177,19 @@ class EmotionWheels:
     def vocabulary(self) -> set[str]:
         """Every label the tables know (all forms)."""
         return set(self.forms)
+
+
+def write_wheel_tables(out: str, groups: dict[str, list[str]]) -> str:
+    """A small vocabulary as wheel tables in the published layout, under ``out`` (local or ``s3://``):
+    ``groups`` maps each level-1 class to its words (e.g. a synthetic archive's emotions and synonyms);
+    five identical wheels, each word its own level 2, ``synonym.csv`` and ``format.csv`` naming each word
+    itself. ``EmotionWheels.load(out)`` reads them back. Returns ``out``."""
+    words = {_norm(w): _norm(cls) for cls, ws in groups.items() for w in [cls, *ws]}
+    wheel = pd.DataFrame([(c, w, w) for w, c in words.items()], columns=list(WHEEL_COLUMNS))
+    for i in range(1, NUM_WHEELS + 1):
+        storage.write_text(storage.join(out, f"wheel{i}.csv"), wheel.to_csv(index=False))
+    storage.write_text(storage.join(out, "synonym.csv"),
+                       pd.DataFrame({"word_run1": list(words), "synonym_run1": ""}).to_csv(index=False))
+    storage.write_text(storage.join(out, "format.csv"),
+                       pd.DataFrame({"name": list(words), "format": ""}).to_csv(index=False))
+    return out

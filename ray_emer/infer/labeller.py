@@ -3,8 +3,11 @@
 Per clip: the description from the reasoning prompt; the labels from the model's own
 open-vocabulary prompt (``labels_from: model``) or extracted from the description
 (``lexicon`` with the emotion-wheel vocabulary, or ``llm`` with a text LLM); the
-sentiment from the labels. Prompt embeddings are built next to the engine (the
-processor + the head), never shipped between processes.
+sentiment from the labels. With the model's labels and a vocabulary (``wheel_dir``), the description
+states them (``state_labels``): where its conclusion names emotions of other wheel classes, it is decoded
+again from there with the first label in place (labels first, then a description that states them), so
+label and explanation agree (``eval.consistency``) and the labels are those of the OV prompt. Prompt
+embeddings are built next to the engine (the processor + the head), never shipped between processes.
 
 Nothing is lost: a row that failed extraction stays an error row with its reason; when
 the engine fails on a batch, its clips are retried one by one and only the clip that
@@ -21,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ray_emer.eval.consistency import agrees, conclusion_slot
 from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, lexicon_sentiment
 from ray_emer.eval.wheel import EmotionWheels
 from ray_emer.infer.engine import GenerationConfig, HFEngine
@@ -35,7 +39,10 @@ class LabellerConfig:
     wheel_dir: str = ""  # lexicon: the emotion-wheel tables (wheel1..5, synonym, format)
     extractor_model: str = ""  # llm: a text LLM (name or local path) run with the HF engine
     description_tokens: int = 160  # max new tokens of a description
-    label_tokens: int = 32  # max new tokens of the OV-labels answer
+    label_tokens: int = 32  # max new tokens of the OV-labels answer (and of a conclusion decoded again)
+    # labels_from model: the description's conclusion states the labels. auto: when wheel_dir gives the
+    # vocabulary that finds the emotions a description states; on: needs wheel_dir; off: as generated
+    state_labels: Literal["auto", "on", "off"] = "auto"
     batch_size: int = 16  # clips per engine call
     device: str = "auto"  # auto: cuda when present, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
@@ -65,25 +72,42 @@ class Labeller:
         device = _device(self.cfg)
         model = load_checkpoint(checkpoint, dtype=_dtype(self.cfg, device), device=device).eval()
         self.model_id = model_id or checkpoint_id(checkpoint)
-        self.processor = model.processor
+        self.processor, self.tokenizer = model.processor, model.tokenizer
         gen = GenerationConfig(batch_size=self.cfg.batch_size)
         if self.cfg.engine == "hf":
             self.embed, self.engine = model.prompt_embeddings, HFEngine(model.llm, model.tokenizer, gen)
+            self.token_embed = model.llm.get_input_embeddings()
         elif self.cfg.engine == "vllm":
             self._engine_dir = tempfile.TemporaryDirectory(prefix="ray_emer-engine-")
             export_llm(model, self._engine_dir.name)  # LoRA merged: the engine serves a plain model
             self.embed = model.prompt_embedder()  # head + embedding table; the decoder lives in vLLM only
+            self.token_embed = self.embed.embed_tokens
             del model
             self.engine = VLLMEngine(self._engine_dir.name, gen, self.cfg.vllm)
         else:
             raise ValueError(f"unknown engine {self.cfg.engine!r}; known: hf, vllm")
+        self.wheels = EmotionWheels.load(self.cfg.wheel_dir) if self.cfg.wheel_dir else None
         self.extractor = self._extractor()
+        self.stater = self._stater()
+
+    def _stater(self) -> LexiconExtractor | None:
+        """What finds the emotions a description states, when its conclusion is to state the labels."""
+        if self.cfg.state_labels not in ("auto", "on", "off"):
+            raise ValueError(f"unknown state_labels {self.cfg.state_labels!r}; known: auto, on, off")
+        if self.cfg.state_labels == "off" or self.cfg.labels_from != "model":
+            return None
+        if self.wheels is None:
+            if self.cfg.state_labels == "on":
+                raise ValueError("state_labels: on needs wheel_dir (the vocabulary that finds the emotions a "
+                                 "description states)")
+            return None
+        return LexiconExtractor(self.wheels)
 
     def _extractor(self):
         if self.cfg.labels_from == "lexicon":
-            if not self.cfg.wheel_dir:
+            if self.wheels is None:
                 raise ValueError("labels_from: lexicon needs wheel_dir (the emotion-wheel tables)")
-            return LexiconExtractor(EmotionWheels.load(self.cfg.wheel_dir))
+            return LexiconExtractor(self.wheels)
         if self.cfg.labels_from == "llm":
             if not self.cfg.extractor_model:
                 raise ValueError("labels_from: llm needs extractor_model (a text LLM name or local path)")
@@ -108,25 +132,57 @@ class Labeller:
         embeds = self.embed(mb)
         t1 = time.perf_counter()
         gens = self.engine.generate_embeds(embeds, max_new_tokens)
-        return gens, t1 - t0, time.perf_counter() - t1
+        return gens, t1 - t0, time.perf_counter() - t1, embeds
+
+    def _state_labels(self, prompts: list[torch.Tensor], descs: list[str], labels: list[list[str]]) -> list[int]:
+        """Descriptions (edited in place) whose conclusion names emotions that share no wheel class with the
+        labels are decoded again from their first stated emotion on, the first label forced there; returns
+        the tokens generated per clip."""
+        n_wheels = len(self.wheels.wheels)
+        redo = []
+        for i, (desc, labs) in enumerate(zip(descs, labels, strict=True)):
+            stated = self.stater.extract_one(desc)
+            if not labs or all(agrees(labs, stated, self.wheels, w) for w in range(n_wheels)):
+                continue
+            slot = conclusion_slot(desc, self.stater)
+            if slot is not None:
+                redo.append((i, f"{desc[:slot].rstrip()} {labs[0]}"))
+        tokens = [0] * len(descs)
+        if not redo:
+            return tokens
+        embeds = []
+        for i, forced in redo:
+            ids = torch.tensor(self.tokenizer(forced, add_special_tokens=False)["input_ids"],
+                               device=self.token_embed.weight.device)
+            with torch.no_grad():
+                embeds.append(torch.cat([prompts[i], self.token_embed(ids).to(prompts[i])]))
+        for (i, forced), gen in zip(redo, self.engine.generate_embeds(embeds, self.cfg.label_tokens), strict=True):
+            descs[i] = (forced + self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)).strip()
+            tokens[i] = gen.num_tokens
+        return tokens
 
     def _label(self, batch: dict) -> list[dict]:
         """Feature rows that decoded -> label rows (raises when the engine fails)."""
         t0 = time.perf_counter()
-        desc, prompt_s, gen_s = self._generate(batch, "description", self.cfg.description_tokens)
+        desc, prompt_s, gen_s, prompts = self._generate(batch, "description", self.cfg.description_tokens)
         t1 = time.perf_counter()
         tokens = [g.num_tokens for g in desc]
+        texts = [g.text for g in desc]
         if self.extractor is None:
-            answers, p2, g2 = self._generate(batch, "ov_labels", self.cfg.label_tokens)
+            answers, p2, g2, _ = self._generate(batch, "ov_labels", self.cfg.label_tokens)
             prompt_s, gen_s = prompt_s + p2, gen_s + g2
             labels = [parse_ov_answer(a.text) for a in answers]
             tokens = [t + a.num_tokens for t, a in zip(tokens, answers, strict=True)]
+            if self.stater is not None:
+                t2 = time.perf_counter()
+                tokens = [t + x for t, x in zip(tokens, self._state_labels(prompts, texts, labels), strict=True)]
+                gen_s += time.perf_counter() - t2
         else:
-            labels = self.extractor.extract([g.text for g in desc])
+            labels = self.extractor.extract(texts)
         n, total = len(desc), time.perf_counter() - t0
         labels_s = total - (t1 - t0) if self.extractor is not None else 0.0
         timings = {"prompt_s": prompt_s / n, "generate_s": gen_s / n, "labels_s": labels_s / n, "total_s": total / n}
-        return [self._row(str(batch["clip_id"][i]), description=desc[i].text, labels=labels[i], timings=timings,
+        return [self._row(str(batch["clip_id"][i]), description=texts[i], labels=labels[i], timings=timings,
                           tokens=tokens[i]) for i in range(n)]
 
     def label_batch(self, batch: dict) -> list[dict]:

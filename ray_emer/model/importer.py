@@ -8,6 +8,10 @@ file), has ``published.py`` map and check it against the preset's architecture, 
 ``head.safetensors``, the PEFT ``adapter/`` and ``tokenizer/`` (see ``checkpoint.py``), staged so that a
 failed import leaves nothing behind. Optimizer and scaler state are for resuming the published trainer:
 reported, dropped.
+
+No network: the layout comes from the preset's architecture on the meta device, the tokenizer from
+``tokenizer=PATH`` or a local copy (a folder, the Hugging Face cache). Without one, ``tokenizer/`` is left
+out and resolved where the checkpoint is loaded (where the base LLM must be anyway).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ray_emer.model.checkpoint import CheckpointError, checkpoint_files
 from ray_emer.model.config import AffectGPTConfig, resolve_model_config
 from ray_emer.model.published import (check_source, fusion_differences, map_published, meta_model,
                                       published_layout)
-from ray_emer.model.tokenizer import build_tokenizer
+from ray_emer.model.tokenizer import TokenizerError, build_tokenizer
 
 
 # ---------------------------------------------------------------- reading the file
@@ -128,9 +132,12 @@ def _write(path: Path, cfg: AffectGPTConfig, mapped: dict, llm, tokenizer) -> No
     (path / "config.json").write_text(cfg.to_json())
     save_file({k: v.contiguous() for k, v in mapped["head"].items()}, str(path / "head.safetensors"))
     llm.peft_config["default"].base_model_name_or_path = cfg.llm_name or None
-    # PEFT writes the adapter as it does for a trained model (names without ".default", adapter_config.json)
-    llm.save_pretrained(str(path / "adapter"), state_dict={k: v.contiguous() for k, v in mapped["lora"].items()})
-    tokenizer.save_pretrained(str(path / "tokenizer"))
+    # PEFT writes the adapter as it does for a trained model (names without ".default", adapter_config.json);
+    # the file holds no embedding weights, so PEFT need not look the base model up (on the Hub) to decide
+    llm.save_pretrained(str(path / "adapter"), state_dict={k: v.contiguous() for k, v in mapped["lora"].items()},
+                        save_embedding_layers=False)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path / "tokenizer"))
 
 
 def _check_out_free(out: str) -> None:
@@ -162,38 +169,64 @@ def _staging(out: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tokenizer(cfg: AffectGPTConfig):
+def _tokenizer(cfg: AffectGPTConfig, path: str | None):
+    """``(tokenizer or None, report)``: from ``path`` (which must hold one), else a local copy of the preset's;
+    None (``tokenizer/`` left out, resolved at load) when there is none here. Never the network."""
+    if path is not None:
+        if storage.is_remote(path) or not Path(path).is_dir():
+            raise CheckpointError(f"--tokenizer {path}: not a local folder")
+        try:
+            return build_tokenizer(cfg, path=path), {"written": True, "from": path}
+        except TokenizerError as exc:
+            raise CheckpointError(f"--tokenizer {path}: {exc}") from exc
+    name = "tiny" if cfg.tokenizer == "tiny" else cfg.tokenizer or cfg.llm_name
     try:
-        return build_tokenizer(cfg)
-    except (OSError, ValueError) as exc:
-        name = cfg.tokenizer or cfg.llm_name
-        raise CheckpointError(f"cannot load the tokenizer of {name!r} for tokenizer/ (the checkpoint needs it): "
-                              f"{exc}. Point the preset at a local copy of the LLM or make it reachable.") from exc
+        return build_tokenizer(cfg, local_only=True), {"written": True, "from": name}
+    except TokenizerError as exc:
+        if Path(name).is_dir():  # a local folder is what loading would read too: it lacks the tokenizer
+            raise CheckpointError(f"cannot load the tokenizer for tokenizer/ from the preset's folder {name}: "
+                                  f"{exc}") from exc
+        return None, {"written": False, "from": name,
+                      "why": f"{exc}; loading the checkpoint resolves it (or import again with --tokenizer PATH)"}
 
 
-def import_published(file: str, out: str, preset: str | AffectGPTConfig = "affectgpt-qwen2.5-7b") -> dict:
+def _vocab_size(cfg: AffectGPTConfig, tokenizer) -> int:
+    """The LLM's vocabulary for the meta model: the preset's ``llm_config.vocab_size``, else the tokenizer's."""
+    if "vocab_size" in cfg.llm_config:
+        return int(cfg.llm_config["vocab_size"])
+    if tokenizer is None:
+        raise CheckpointError(f"the preset's llm_config has no vocab_size and its tokenizer is not here "
+                              f"({cfg.tokenizer or cfg.llm_name!r}); set llm_config.vocab_size or give "
+                              "--tokenizer PATH")
+    return len(tokenizer)
+
+
+def import_published(file: str, out: str, preset: str | AffectGPTConfig = "affectgpt-qwen2.5-7b",
+                     tokenizer: str | None = None) -> dict:
     """The published AffectGPT checkpoint ``file`` -> a ray_emer checkpoint directory ``out``.
 
     ``preset``: a preset name, a checkpoint directory (its ``config.json``) or a config; its LLM must be a
-    pretrained one named in the config (the file holds LoRA deltas, not the base weights). Returns a
-    JSON-able report: what was mapped, what was ignored, and where ray_emer computes something else.
+    pretrained one named in the config (the file holds LoRA deltas, not the base weights). ``tokenizer``: a
+    local tokenizer folder for ``tokenizer/`` (default: the preset's, when a local copy exists). Returns a
+    JSON-able report: what was mapped, what was ignored, the tokenizer, and where ray_emer computes something
+    else.
     """
     cfg = resolve_model_config(preset) if isinstance(preset, str) else dataclasses.replace(preset)
     if cfg.init != "pretrained":
         raise CheckpointError(f"preset {cfg.preset!r} builds a random LLM (init={cfg.init}); the published file "
                               "holds LoRA deltas for a named pretrained LLM, so import needs a pretrained preset")
     _check_out_free(out)
+    tok, tok_report = _tokenizer(cfg, tokenizer)
     found = read_published(file)
     source = check_source(found.config, cfg)
-    head, llm = meta_model(cfg)
+    head, llm = meta_model(cfg, _vocab_size(cfg, tok))
     layout = published_layout(head, llm)
     mapped = map_published(found.state, layout)
     nonfinite = sorted(k for part in mapped.values() for k, v in part.items() if not torch.isfinite(v).all())
     if nonfinite:
         raise CheckpointError(f"{file}: {len(nonfinite)} tensors hold NaN or inf, e.g. {nonfinite[:3]}")
-    tokenizer = _tokenizer(cfg)
     with _staging(out) as tmp:
-        _write(tmp, cfg, mapped, llm, tokenizer)
+        _write(tmp, cfg, mapped, llm, tok)
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in found.state.values())
     return {
         "out": out, "preset": cfg.preset, "llm": cfg.llm_name,
@@ -202,6 +235,7 @@ def import_published(file: str, out: str, preset: str | AffectGPTConfig = "affec
         "mapped": {part: len(v) for part, v in mapped.items()} | {
             "params": sum(t.numel() for part in mapped.values() for t in part.values())},
         "ignored": found.ignored,
+        "tokenizer": tok_report,
         "differences": fusion_differences(mapped["head"], cfg.fusion_weights) if cfg.fusion == "attention" else [],
         "files": checkpoint_files(out),
     }

@@ -27,7 +27,6 @@ from ray_emer.model.affectgpt import apply_trainable, build_llm
 from ray_emer.model.checkpoint import CheckpointError
 from ray_emer.model.config import AffectGPTConfig, TrainableConfig
 from ray_emer.model.head import MultimodalHead, PreFusion
-from ray_emer.model.inspect import _vocab_size
 
 PUBLISHED_HEAD = {
     "video_attention_mlp": "video_pool.score", "affectgpt_proj": "video_proj",
@@ -63,10 +62,14 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------- the layout the preset expects
-def meta_model(cfg: AffectGPTConfig):
-    """The preset's head and LoRA-wrapped LLM on the meta device: names and shapes, no memory, no download."""
+def meta_model(cfg: AffectGPTConfig, vocab_size: int | None = None):
+    """The preset's head and LoRA-wrapped LLM on the meta device: names and shapes, no memory, no download
+    (``vocab_size``: needed only when the preset's ``llm_config`` has none)."""
+    vocab = int(cfg.llm_config.get("vocab_size", vocab_size or 0))
+    if not vocab:
+        raise CheckpointError("the preset's llm_config has no vocab_size: give it, or the tokenizer's size")
     with torch.device("meta"):
-        llm = build_llm(dataclasses.replace(cfg, init="random"), _vocab_size(cfg))
+        llm = build_llm(dataclasses.replace(cfg, init="random"), vocab)
         head = MultimodalHead(cfg)
         llm = apply_trainable(llm, head, TrainableConfig(head="full", llm="lora"), cfg.lora)
     return head, llm

@@ -6,13 +6,22 @@ byte-level (any text encodes, nothing is ``<unk>``), fixed (``ray_emer/assets/ti
 every tiny checkpoint's token ids come from it; ``tools/make_tiny_tokenizer.py`` trained it on the
 synthetic vocabulary and can regenerate it), and has a Qwen-style chat template so the chat prompt
 style is testable without a download.
+
+A checkpoint directory without ``tokenizer/`` (an import made offline) gets the tokenizer its config
+names where it is loaded, as the LLM named there is; what cannot be found fails in one line.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
+from ray_emer.errors import RayEmerError
 from ray_emer.model.config import AffectGPTConfig
+
+
+class TokenizerError(RayEmerError, OSError):
+    """The tokenizer a config or checkpoint names cannot be loaded (absent locally, unreachable, malformed)."""
 
 TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TINY_CHAT_TEMPLATE = (
@@ -48,18 +57,31 @@ def tiny_tokenizer():
     return tok
 
 
-def build_tokenizer(cfg: AffectGPTConfig, path: str | None = None):
-    """The tokenizer for ``cfg`` (from ``path`` when loading a checkpoint), placeholders registered."""
-    if path is not None:
-        from transformers import AutoTokenizer
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
-        tok = AutoTokenizer.from_pretrained(path)
+
+def _from_pretrained(name: str, local_only: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        where = "in the Hugging Face cache or as a local folder" if local_only else "locally or on the Hub"
+        raise TokenizerError(f"tokenizer {name!r} not found {where} ({_first_line(exc)})") from exc
+
+
+def build_tokenizer(cfg: AffectGPTConfig, path: str | None = None, local_only: bool = False):
+    """The tokenizer for ``cfg``, placeholders registered: from ``path`` (a checkpoint's ``tokenizer/``) when
+    that folder exists, else the one ``cfg`` names. ``local_only``: never the network (local folders and the
+    Hugging Face cache only). Raises ``TokenizerError`` with one line naming what is missing."""
+    if path is not None and os.path.isdir(path):
+        tok = _from_pretrained(path, local_only=True)
     elif cfg.tokenizer == "tiny":
         tok = tiny_tokenizer()
     else:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.llm_name)
+        tok = _from_pretrained(cfg.tokenizer or cfg.llm_name, local_only)
     missing = [t for t in placeholder_tokens(cfg) if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)

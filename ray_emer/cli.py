@@ -254,19 +254,17 @@ COMMANDS: tuple[Command, ...] = (
             output=_table_or_json("ray_emer.model.inspect:format_table")),
     Command(("model", "import"), "ray_emer.model.importer:import_published",
             "published AffectGPT checkpoint (.pth) -> a ray_emer checkpoint directory",
-            "Reads the released AffectGPT training checkpoint (projectors, pre-fusion, LoRA; torch.load "
-            "weights_only, or a flat .safetensors), checks every key and shape against PRESET built on the meta "
-            "device, writes config.json, head.safetensors, adapter/ (PEFT) and tokenizer/ to OUT and prints one "
-            "JSON object: mapped, ignored (optimizer, scaler, config, epoch), tokenizer and differences. Needs no "
-            "network: without --tokenizer and without a local copy of the preset's tokenizer (a folder, the "
-            "Hugging Face cache), tokenizer/ is left out and resolved where the checkpoint is loaded.",
+            "Reads the released AffectGPT training checkpoint (projectors, pre-fusion, LoRA; torch.load weights_only, "
+            "or a flat .safetensors), checks every key and shape against PRESET built on the meta device, writes "
+            "config.json, head.safetensors, adapter/ (PEFT) and tokenizer/ to OUT and prints one JSON object: mapped, "
+            "ignored (optimizer, scaler, config, epoch), tokenizer and differences. Needs no network: without "
+            "--tokenizer or a local copy of the preset's tokenizer, tokenizer/ is resolved where it is loaded.",
             flags=(F("file", help="the published checkpoint_*.pth (local or s3://)"),
                    F("--out", required=True, help="new checkpoint directory (local or s3://; must be empty)"),
                    F("--preset", default="affectgpt-qwen2.5-7b",
                      help="affectgpt-qwen2.5-7b (default) | a checkpoint directory whose config.json to use"),
-                   F("--tokenizer", metavar="PATH",
-                     help="a local tokenizer folder to write as tokenizer/ (default: the preset's, if a local "
-                          "copy exists; else resolved at load)"))),
+                   F("--tokenizer", metavar="PATH", help="a local tokenizer folder to write as tokenizer/ (default: "
+                                                         "the preset's, if a local copy exists; else resolved at load)"))),
 )
 GROUP_HELP = {"evaluate": ("MER-UniBench and EMER metrics, label extraction, reports",
                            "Score predictions as MER-UniBench / the EMER paper do."),

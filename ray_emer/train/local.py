@@ -27,6 +27,7 @@ from ray_emer.train.loop import (
     train_exclude,
     validate,
 )
+from ray_emer.train.rl import grpo_trainer
 from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_summary
 
 
@@ -47,15 +48,17 @@ def run_local(cfg: TrainConfig, log=say) -> dict:
         log_stage_params(tracker, cfg, model, 1)
         log(f"[train] {len(train_rows)} train rows, {len(val_rows)} val rows, {steps} steps (local)")
         rng = random.Random(cfg.seed)
-        state = train(model, lambda epoch: batches(train_rows, cfg.data.batch_size, rng), cfg, steps, val_rows,
-                      tracker)
+        fit = grpo_trainer(cfg) if cfg.method == "grpo" else train  # stage 3 or a supervised stage
+        state = fit(model, lambda epoch: batches(train_rows, cfg.data.batch_size, rng), cfg, steps, val_rows,
+                    tracker)
         metrics = validate(model, val_rows, cfg) if val_rows else {}
         tracker.log_metrics(metrics, step=state.step)
         save_checkpoint(model, cfg.output)
         log_stage_artifacts(tracker, cfg, state.losses)
     finally:
         tracker.close()
-    summary = stage_summary(cfg, state.step, state.losses, metrics, 1, time.perf_counter() - t0)
+    summary = stage_summary(cfg, state.step, state.losses, metrics, 1, time.perf_counter() - t0,
+                            rewards=state.rewards, kls=state.kls)
     log(f"[train] {state.step} steps, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, {metrics}; "
         f"exported {cfg.output}")
     return summary

@@ -134,5 +134,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     lengths = mask.sum(1).clamp(min=1)
     loss = ((per_token * mask).sum(1) / lengths).mean()
     n = mask.sum().clamp(min=1)
-    stats = {"kl": float((kl * mask).sum() / n), "clip_share": float(((clipped < unclipped).to(mask.dtype) * mask).sum() / n)}
+    with torch.no_grad():
+        stats = {"kl": float((kl * mask).sum() / n),
+                 "clip_share": float(((clipped < unclipped).to(mask.dtype) * mask).sum() / n)}
     return loss, stats

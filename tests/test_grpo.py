@@ -190,3 +190,29 @@ def test_a_resumed_run_must_have_the_same_reference(stage2, tmp_path):
     with pytest.raises(ConfigError, match="another reference model"):
         fit(model, lambda e: [], cfg, 1, state=TrainState(step=3, reference="0" * 64))
     assert reference_id(str(init)) == reference_id(str(init)) != reference_id(str(feats))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_ray_train_two_workers_crash_resume_with_the_same_reference(ray_local, stage2, tmp_path):
+    """Ray Train + FSDP2 (2 CPU workers): rank 1 dies after step 3; the group resumes from the step-2 checkpoint,
+    which names the same reference (the digest of --init), and finishes; the export loads."""
+    from test_train_ray import crash_once
+
+    from ray_emer.model.checkpoint import load_checkpoint
+    from ray_emer.train.trainer import run_ray_training
+
+    feats, init = stage2
+    cfg = grpo_cfg(feats, init, tmp_path / "stage3", max_steps=5,
+                   scaling=ScalingConfig(workers=2, worker_cpus=0.5, checkpoint_every=2),
+                   tracking=TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="grpo", run_name="g"))
+    cfg.data.batch_size, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 2, 8
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    summary = run_ray_training(cfg, log=lambda m: None, on_step=crash_once(faults, rank=1, step=3))
+    assert summary["steps"] == 5 and summary["resumed_from"] == 2, summary
+    assert summary["resume_check"]["reference"] == reference_id(str(init))
+    assert summary["resume_check"]["loaded"] == summary["resume_check"]["saved"]
+    assert len(summary["rewards"]) == len(summary["kls"]) == 5 and summary["kl_last"] is not None
+    assert summary["reward_first"] is not None and summary["reward_last"] is not None
+    load_checkpoint(str(tmp_path / "stage3"))

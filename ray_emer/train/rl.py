@@ -135,6 +135,15 @@ def rollout(model: AffectGPT, batch: dict, cfg: TrainConfig, seed: int, wheels: 
                    [len(a) for a in answers], texts)
 
 
+@torch.no_grad()
+def _root_forward(model: AffectGPT, batch: dict, cfg: TrainConfig) -> None:
+    """One forward of ``batch``'s prompts (each answered by end-of-answer) through the model's root module."""
+    prompt = model.processor.from_rows(batch, "ov_labels", random.Random(0), tuple(cfg.data.drop_modalities),
+                                       with_targets=False)
+    eos = model.tokenizer.eos_token_id
+    token_logprobs(model, completion_batch(prompt, [[eos]] * len(prompt), model.tokenizer.pad_token_id), 1.0)
+
+
 # ---------------------------------------------------------------- the loop
 def train_grpo(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
                val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
@@ -156,6 +165,7 @@ def train_grpo(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]],
     reference.eval()
     g, by_steps = cfg.grpo, cfg.max_steps > 0
     feed = EpochFeed(epoch_batches, cfg.data.batch_size)
+    fsdp_fresh = hasattr(model, "unshard")  # FSDP2 wants a forward through the root before the first generate
 
     def finished() -> bool:
         return state.step >= total_steps if by_steps else state.epoch >= cfg.epochs
@@ -166,6 +176,9 @@ def train_grpo(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]],
                 raise TrainDataError(f"epoch {state.epoch}: this rank got no rows while others did (fewer rows "
                                      f"than workers?); {state.step} of {total_steps} steps done")
             weight = 1.0 if batch is not None else 0.0  # an idle rank keeps the collectives in step
+            if fsdp_fresh:
+                _root_forward(model, batch if batch is not None else feed.idle, cfg)
+                fsdp_fresh = False
             roll = rollout(model, batch if batch is not None else feed.idle, cfg,
                            sub_seed(cfg.seed, f"grpo:{state.step}:{rank}"), wheels)
             with torch.no_grad():

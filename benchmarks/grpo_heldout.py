@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--stage1-steps", type=int, default=200)
     ap.add_argument("--stage2-steps", type=int, default=300)
-    ap.add_argument("--stage3-steps", type=int, default=100)
-    ap.add_argument("--stage3-lr", type=float, default=2e-4)
+    ap.add_argument("--stage3-steps", type=int, default=80)
+    ap.add_argument("--stage3-lr", type=float, default=3e-4)
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per stage-3 step")
     ap.add_argument("--wheel-dir", default=DEFAULT_WHEELS)
@@ -110,8 +110,10 @@ def main() -> None:
         local = ScalingConfig(engine="local")
 
         def stage(features_: str, name: str, steps: int, init: str, split: str, **kw):
-            cfg = dataclasses.replace(stage_config(q, features_, os.path.join(work, f"seed{seed}", name), steps,
-                                                   init, split, name), scaling=local,
+            out = os.path.join(work, f"seed{seed}", name)
+            if name != "stage3" and os.path.isfile(os.path.join(out, "config.json")):
+                return {"output": out}  # a rerun into the same --workdir reuses the seed's stage 1 and 2
+            cfg = dataclasses.replace(stage_config(q, features_, out, steps, init, split, name), scaling=local,
                                       tracking=TrackingConfig(enabled=False), **kw)
             return run_stage(cfg, log=lambda m: None)
 

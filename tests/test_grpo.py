@@ -203,16 +203,16 @@ def test_ray_train_two_workers_crash_resume_with_the_same_reference(ray_local, s
     from ray_emer.train.trainer import run_ray_training
 
     feats, init = stage2
-    cfg = grpo_cfg(feats, init, tmp_path / "stage3", max_steps=5,
+    cfg = grpo_cfg(feats, init, tmp_path / "stage3", max_steps=4,
                    scaling=ScalingConfig(workers=2, worker_cpus=0.5, checkpoint_every=2),
                    tracking=TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="grpo", run_name="g"))
-    cfg.data.batch_size, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 2, 8
+    cfg.data.batch_size, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 2, 6
     faults = tmp_path / "faults"
     faults.mkdir()
     summary = run_ray_training(cfg, log=lambda m: None, on_step=crash_once(faults, rank=1, step=3))
-    assert summary["steps"] == 5 and summary["resumed_from"] == 2, summary
+    assert summary["steps"] == 4 and summary["resumed_from"] == 2, summary
     assert summary["resume_check"]["reference"] == reference_id(str(init))
     assert summary["resume_check"]["loaded"] == summary["resume_check"]["saved"]
-    assert len(summary["rewards"]) == len(summary["kls"]) == 5 and summary["kl_last"] is not None
+    assert len(summary["rewards"]) == len(summary["kls"]) == 4 and summary["kl_last"] is not None
     assert summary["reward_first"] is not None and summary["reward_last"] is not None
     load_checkpoint(str(tmp_path / "stage3"))

@@ -153,6 +153,7 @@ def train_worker(config: dict) -> None:
     resumed = _resume(model, opt, sched)
     state, resume_check = resumed if resumed else (None, None)
     resumed_from = state.step if state else 0
+    saved_reference = state.reference if state else ""
     if state:
         print(f"[train] rank {rank} resumed at step {state.step} (epoch {state.epoch})", flush=True)
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
@@ -182,7 +183,7 @@ def train_worker(config: dict) -> None:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
     if resume_check and cfg.method == "grpo":
-        resume_check["reference"] = state.reference  # fit checked it against the saved one
+        resume_check["reference"] = saved_reference  # the checkpoint's, which fit checked against --init
     final = {"step": state.step, "losses": state.losses, "metrics": metrics, "resumed_from": resumed_from,
              "resume_check": resume_check, "epoch": state.epoch, "rewards": state.rewards, "kls": state.kls,
              "resumed_seen": resume_check["seen"] if resume_check else 0}

@@ -4,7 +4,6 @@ the reward rising on the synthetic archive (local engine), the reference identit
 from __future__ import annotations
 
 import math
-import random
 
 import pandas as pd
 import pytest
@@ -100,7 +99,8 @@ def test_rewards_match_the_evaluation_scorer(wheels):
     assert answer_rewards(ANSWERS[0], 6, GOLD[0], cfg, wheels)["fscore"] == 1.0  # joyful: happy's class too
     assert answer_rewards(ANSWERS[5], 6, GOLD[5], cfg, wheels)["fscore"] == 1.0  # nervous ~ worried on every wheel
     # without wheels: exact (lower-cased) labels, F of |G&P|/|P| and |G&P|/|G|
-    assert label_fscore(["Happy", "cheerful"], ["happy", "sad", "angry"]) == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    p, r = 1 / 3, 1 / 2
+    assert label_fscore(["Happy", "cheerful"], ["happy", "sad", "angry"]) == pytest.approx(2 * p * r / (p + r))
     assert label_fscore(["sad"], []) == 0.0 and label_fscore([], ["sad"]) == 0.0
     # a gold label the wheels do not know (neutral) falls back to exact matching
     assert label_fscore(["neutral"], ["neutral"], wheels) == 1.0

@@ -41,7 +41,8 @@ def test_chain_summary_labels_and_report(quick):
     # stage 3 ran in the chain (GRPO from stage 2's export) and its export labelled the held-out clips
     stage3 = summary["stages"]["training"]["stage3"]
     assert stage3["steps"] == 3 and stage3["reward_first"] is not None and stage3["kl_last"] is not None
-    assert json.loads((Path(summary["labels"]) / "_summary.json").read_text())["checkpoint"] == summary["stages"]["stage3"]
+    label_summary = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
+    assert label_summary["checkpoint"] == summary["stages"]["stage3"]
     labels = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
     assert labels["rows"] == 8 and labels["scores"]["accuracy"] == summary["scores"]["accuracy"]
     page = Path(summary["report"]).read_text()

@@ -33,6 +33,7 @@ from ray_emer.progress import say
 from ray_emer.storage import StorageConfig
 from ray_emer.synthetic import EMOTIONS, SYNONYMS, SynthConfig, emotion_of, write_archive
 from ray_emer.tracking import TrackingConfig, parent_run, resolve_uri, tracking
+from ray_emer.train.grpo import GRPOConfig
 from ray_emer.train.loop import DataConfig, OptimConfig, ScalingConfig, TrainConfig
 from ray_emer.train.run import run_stage
 
@@ -49,6 +50,10 @@ class QuickstartConfig:
     heldout: SynthConfig = dataclasses.field(default_factory=lambda: _synth(48, 23, False, [0.0, 0.0, 1.0]))
     stage1_steps: int = 200
     stage2_steps: int = 300
+    # stage 3 (GRPO from stage 2's export on the clean data; labelling then uses its export); 0: no stage 3
+    stage3_steps: int = 0
+    stage3_lr: float = 2.0e-4
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     lr: float = 1.0e-3
     batch_size: int = 8
     workers: int = 1  # Ray Train workers (one is enough on 2 cores)
@@ -133,16 +138,26 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
         with _stage("stage 2: clean data (Ray Train)", timings, log):
             s2 = _train(cfg, features["clean"], storage.join(out, "stage2"), cfg.stage2_steps, s1["output"],
                         "train", "stage2", log, cfg.tracking.register_as if uri else "")
+        s3 = None
+        if cfg.stage3_steps:
+            with _stage("stage 3: GRPO on clean data (Ray Train)", timings, log):
+                s3 = run_stage(dataclasses.replace(
+                    stage_config(cfg, features["clean"], storage.join(out, "stage3"), cfg.stage3_steps, s2["output"],
+                                 "train", "stage3"), method="grpo", grpo=cfg.grpo, log_every=1,
+                    optim=OptimConfig(lr=cfg.stage3_lr, warmup_steps=0, schedule="constant")), log=log)
         with _stage("labelling the held-out clips (Ray Data)", timings, log):
             label_cfg = LabelJobConfig(input=features["heldout"], output=storage.join(out, "labels"),
-                                       checkpoint=s2["output"], labeller=cfg.labeller, evaluate=True, wheel_dir=wheel,
+                                       checkpoint=(s3 or s2)["output"], labeller=cfg.labeller, evaluate=True,
+                                       wheel_dir=wheel,
                                        actor_cpus=0.5, progress=False, storage=cfg.storage)
             if storage.exists(label_cfg.output):  # an earlier run's labels are an earlier model's: start afresh
                 storage.remove_tree(label_cfg.output)
             labelled = run_label(label_cfg, log=log)
         with _stage("report", timings, log):
             report = _report(cfg, manifests["heldout"], read_labels(label_cfg.output), labelled["scores"],
-                             {"stage 1": s1.get("losses", []), "stage 2": s2.get("losses", [])}, timings)
+                             {"stage 1": s1.get("losses", []), "stage 2": s2.get("losses", []),
+                              **({"stage 3 (GRPO)": s3["losses"]} if s3 else {})}, timings,
+                             {"stage 3 (GRPO)": s3["rewards"]} if s3 else None)
             parent.log_metrics({k: v for k, v in labelled["scores"].items() if isinstance(v, float)})
         for path in report["files"]:
             parent.log_artifact(path)
@@ -157,7 +172,9 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
         parent.log_metrics({"wall_s": timings["total"]})
     summary = {"report": report["page"], "labels": label_cfg.output, "scores": scores,
                "stages": {"stage1": s1["output"], "stage2": s2["output"], "features": features,
-                          "training": {"stage1": _brief(s1), "stage2": _brief(s2)}},
+                          "training": {"stage1": _brief(s1), "stage2": _brief(s2),
+                                       **({"stage3": _brief(s3)} if s3 else {})},
+                          **({"stage3": s3["output"]} if s3 else {})},
                "wall_s": timings, "mlflow": uri, "chance": 1 / len(EMOTIONS)}
     if "registered" in s2:  # tracking.register_as: stage 2's export is a version of that model
         summary["registered"] = {"stage2": s2["registered"]["uri"]}
@@ -168,10 +185,12 @@ def run_quickstart(cfg: QuickstartConfig, log=say) -> dict:
 
 
 def _brief(summary: dict) -> dict:
-    return {k: summary[k] for k in ("steps", "first_loss", "last_loss", "metrics", "wall_s")}
+    keys = ("steps", "first_loss", "last_loss", "metrics", "wall_s", "reward_first", "reward_last", "kl_last")
+    return {k: summary[k] for k in keys if k in summary}
 
 
-def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, losses: dict, timings: dict) -> dict:
+def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, losses: dict, timings: dict,
+            rewards: dict | None = None) -> dict:
     gold = {r["clip_id"]: r for r in read_manifest(heldout_manifest).to_pylist()}  # extra columns kept: emotion
     emotion = {c: r.get("emotion") for c, r in gold.items()}
     rows = {r["clip_id"]: r for r in labels.to_dict("records")}
@@ -192,11 +211,12 @@ def _report(cfg: QuickstartConfig, heldout_manifest: str, labels, scores: dict, 
     local = cfg.out if not storage.is_remote(cfg.out) else tempfile.mkdtemp(prefix="ray_emer_quickstart_report_")
     out_dir = os.path.join(local, "report")
     lines = [f"{len(ids)} held-out clips (seed {cfg.heldout.seed}); stage 1: {cfg.stage1_steps} steps on "
-             f"{cfg.coarse.clips} coarse clips, stage 2: {cfg.stage2_steps} steps on {cfg.clean.clips} clean clips; "
+             f"{cfg.coarse.clips} coarse clips, stage 2: {cfg.stage2_steps} steps on {cfg.clean.clips} clean clips"
+             + (f", stage 3 (GRPO): {cfg.stage3_steps} steps" if cfg.stage3_steps else "") + "; "
              f"chance accuracy {1 / len(EMOTIONS):.1%}",
              "wall time per stage: " + ", ".join(f"{k} {v} s" for k, v in timings.items())]
     page = write_page(out_dir, "ray_emer quickstart: labelled held-out clips", scores, losses,
-                      [emotion[c] or "" for c in ids], pred_emotions, list(EMOTIONS), gallery, lines)
+                      [emotion[c] or "" for c in ids], pred_emotions, list(EMOTIONS), gallery, lines, rewards)
     with open(os.path.join(out_dir, "scores.json"), "w") as fh:
         json.dump(scores, fh, indent=2, default=str)
     files = [os.path.join(out_dir, f) for f in ("index.html", "loss_curves.png", "confusion.png", "scores.json")]

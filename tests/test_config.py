@@ -109,7 +109,7 @@ def test_from_dict_bool_is_not_int():
 
 
 CONFIG_CLASSES = {"quickstart.yaml": QuickstartConfig, "extract_features.yaml": ExtractConfig,
-                  "stage1_coarse.yaml": TrainConfig, "stage2_fine.yaml": TrainConfig,
+                  "stage1_coarse.yaml": TrainConfig, "stage2_fine.yaml": TrainConfig, "stage3_grpo.yaml": TrainConfig,
                   "label_archive.yaml": LabelJobConfig}
 
 

@@ -11,6 +11,7 @@ import pytest
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.quickstart import QuickstartConfig, _synth, run_quickstart
 from ray_emer.tracking import TrackingConfig
+from ray_emer.train.grpo import GRPOConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 def _quick_cfg(out) -> QuickstartConfig:
     return QuickstartConfig(out=str(out), coarse=_synth(24, 21, True, [1.0, 0.0, 0.0]),
                             clean=_synth(24, 22, False, [0.8, 0.2, 0.0]), heldout=_synth(8, 23, False, [0.0, 0.0, 1.0]),
-                            stage1_steps=6, stage2_steps=6, worker_cpus=0.5, gallery=3,
+                            stage1_steps=6, stage2_steps=6, stage3_steps=3, worker_cpus=0.5, gallery=3,
+                            grpo=GRPOConfig(group_size=2, max_new_tokens=8),
                             labeller=LabellerConfig(description_tokens=16, label_tokens=12, batch_size=8),
                             tracking=TrackingConfig(experiment="ray_emer-quickstart", register_as="quick-emo"))
 
@@ -35,9 +37,14 @@ def test_chain_summary_labels_and_report(quick):
     assert {"report", "labels", "scores", "stages", "mlflow", "wall_s"} <= set(summary)
     assert 0.0 <= summary["scores"]["accuracy"] <= 1.0 and summary["scores"]["n_gold_labels"] == 8
     assert set(summary["wall_s"]) >= {"feature extraction (Ray Data)", "stage 1: coarse data (Ray Train)",
-                                      "stage 2: clean data (Ray Train)", "labelling the held-out clips (Ray Data)",
-                                      "total"}
+                                      "stage 2: clean data (Ray Train)", "stage 3: GRPO on clean data (Ray Train)",
+                                      "labelling the held-out clips (Ray Data)", "total"}
     assert (Path(summary["stages"]["stage2"]) / "config.json").is_file()
+    # stage 3 ran in the chain (GRPO from stage 2's export) and its export labelled the held-out clips
+    stage3 = summary["stages"]["training"]["stage3"]
+    assert stage3["steps"] == 3 and stage3["reward_first"] is not None and stage3["kl_last"] is not None
+    label_summary = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
+    assert label_summary["checkpoint"] == summary["stages"]["stage3"]
     labels = json.loads((Path(summary["labels"]) / "_summary.json").read_text())
     assert labels["rows"] == 8 and labels["scores"]["accuracy"] == summary["scores"]["accuracy"]
     # labels and descriptions agree, scored with the archives' vocabulary (wheel tables beside them)
@@ -69,7 +76,9 @@ def test_mlflow_parent_run_with_a_child_per_stage(quick):
     assert "index.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     names = sorted(r.info.run_name for r in children)
-    assert names == ["extract", "extract", "extract", "label", "stage1", "stage2"], names
+    assert names == ["extract", "extract", "extract", "label", "stage1", "stage2", "stage3"], names
+    stage3 = next(r for r in children if r.info.run_name == "stage3")
+    assert len(client.get_metric_history(stage3.info.run_id, "reward")) == 3  # every GRPO step
     stage1 = next(r for r in children if r.info.run_name == "stage1")
     assert stage1.data.params["world_size"] == "1" and stage1.data.params["preset"] == "tiny"  # logged by rank 0
     # tracking.register_as: stage 2's export is version 1 of the model, linked to stage 2's run (Ray engine)

@@ -18,8 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def loss_curves(stages: dict[str, list[float]], path: str) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+def loss_curves(stages: dict[str, list[float]], path: str, rewards: dict[str, list[float]] | None = None) -> str:
+    """The stages' loss curves in one panel (steps in stage order); ``rewards`` (a GRPO stage's mean reward per
+    step) in a second panel beside it."""
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 3.5), squeeze=False)
+    ax = axes[0][0]
     offset = 0
     for name, losses in stages.items():
         ax.plot(range(offset + 1, offset + len(losses) + 1), losses, label=name)
@@ -27,6 +30,11 @@ def loss_curves(stages: dict[str, list[float]], path: str) -> str:
     ax.set_xlabel("optimizer step (stages in order)")
     ax.set_ylabel("training loss")
     ax.legend()
+    for name, values in (rewards or {}).items():
+        axes[0][1].plot(range(1, len(values) + 1), values, label=name, color="tab:green")
+        axes[0][1].set_xlabel("optimizer step")
+        axes[0][1].set_ylabel("mean reward")
+        axes[0][1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -81,11 +89,11 @@ def _score_rows(scores: dict) -> str:
 
 def write_page(out_dir: str, title: str, scores: dict, stage_losses: dict[str, list[float]],
                gold_emotions: list[str], pred_emotions: list[str], classes: list[str], gallery: list[dict],
-               summary_lines: list[str]) -> str:
+               summary_lines: list[str], rewards: dict[str, list[float]] | None = None) -> str:
     """``gallery`` items: ``clip_id, frames ([T,S,S,3]), subtitle, description, labels, sentiment,
     gold_description, gold_labels``. Returns the path of ``index.html``."""
     os.makedirs(os.path.join(out_dir, "frames"), exist_ok=True)
-    loss_curves(stage_losses, os.path.join(out_dir, "loss_curves.png"))
+    loss_curves(stage_losses, os.path.join(out_dir, "loss_curves.png"), rewards)
     matrix = confusion(gold_emotions, pred_emotions, classes, os.path.join(out_dir, "confusion.png"))
     cards = []
     for item in gallery:

@@ -238,6 +238,13 @@ class AffectGPT(nn.Module):
     def generate(self, batch: MultimodalBatch, max_new_tokens: int = 64, do_sample: bool = False,
                  **kwargs) -> list[str]:
         """Decode answers through HF ``generate(inputs_embeds=...)`` (left padded, greedy by default)."""
+        out = self.generate_ids(batch, max_new_tokens, do_sample, **kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_ids(self, batch: MultimodalBatch, max_new_tokens: int = 64, do_sample: bool = False,
+                     **kwargs) -> torch.Tensor:
+        """The answer token ids ``[B, <= max_new_tokens]`` of ``generate`` (padding after end-of-answer)."""
         if not batch.left_padded:
             raise ValueError("generation needs a left-padded batch (the processor pads left without targets)")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -247,7 +254,7 @@ class AffectGPT(nn.Module):
                                     max_new_tokens=max_new_tokens, do_sample=do_sample,
                                     pad_token_id=self.tokenizer.pad_token_id,
                                     eos_token_id=self.tokenizer.eos_token_id, **kwargs)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return out
 
 
     def prompt_embedder(self) -> PromptEmbedder:

@@ -29,6 +29,10 @@ class TrainState:
     epoch_seen: list[str] = dataclasses.field(default_factory=list)
     epoch_restored: list[str] = dataclasses.field(default_factory=list)
     last_epoch: dict | None = None  # the last finished epoch's {"epoch", "restored", "seen"} (reports, tests)
+    # stage 3 (GRPO) only: mean reward and KL per optimizer step, and the identity of the frozen reference
+    rewards: list[float] = dataclasses.field(default_factory=list)
+    kls: list[float] = dataclasses.field(default_factory=list)
+    reference: str = ""
 
 
 def rebatch(batches: Iterable[dict], keep: Callable[[str], bool], batch_size: int) -> Iterator[dict]:

@@ -27,6 +27,7 @@ from ray_emer.train.loop import (
     train_exclude,
     validate,
 )
+from ray_emer.train.rl import grpo_trainer
 from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_card, stage_summary
 
 
@@ -47,9 +48,10 @@ def run_local(cfg: TrainConfig, log=say) -> dict:
         log_stage_params(tracker, cfg, model, 1)
         log(f"[train] {len(train_rows)} train rows, {len(val_rows)} val rows, {steps} steps (local)")
         rng = random.Random(cfg.seed)
+        fit = grpo_trainer(cfg) if cfg.method == "grpo" else train  # stage 3 or a supervised stage
         with Progress("[train]", steps, "steps", log=log) as bar:
-            state = train(model, lambda epoch: batches(train_rows, cfg.data.batch_size, rng), cfg, steps, val_rows,
-                          tracker, on_step=lambda st: bar.update(st.step, f"loss {st.losses[-1]:.3f}"))
+            state = fit(model, lambda epoch: batches(train_rows, cfg.data.batch_size, rng), cfg, steps, val_rows,
+                        tracker, on_step=lambda st: bar.update(st.step, f"loss {st.losses[-1]:.3f}"))
         metrics = validate(model, val_rows, cfg) if val_rows else {}
         tracker.log_metrics(metrics, step=state.step)
         save_checkpoint(model, cfg.output, card=stage_card(cfg, state.step, metrics))
@@ -57,7 +59,7 @@ def run_local(cfg: TrainConfig, log=say) -> dict:
     finally:
         tracker.close()
     summary = stage_summary(cfg, state.step, state.losses, metrics, 1, time.perf_counter() - t0,
-                            run_id=tracker.run_id)
+                            run_id=tracker.run_id, rewards=state.rewards, kls=state.kls)
     log(f"[train] {state.step} steps, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, {metrics}; "
         f"exported {cfg.output}")
     return summary

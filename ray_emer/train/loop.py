@@ -34,6 +34,7 @@ from ray_emer.model.prompts import parse_ov_answer
 from ray_emer.storage import StorageConfig
 from ray_emer.tracking import NullTracker, Tracker, TrackingConfig, tracking
 from ray_emer.train.epoch import EpochFeed, TrainState
+from ray_emer.train.grpo import GRPOConfig
 
 
 @dataclasses.dataclass
@@ -105,6 +106,8 @@ class TrainConfig:
     val_samples: int = 64
     val_max_new_tokens: int = 24
     seed: int = 0  # model initialisation (head, random LLM, LoRA), data order and task sampling
+    method: Literal["sft", "grpo"] = "sft"  # grpo: stage 3 (rl.py), sampled answers scored, init = reference
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
     def __post_init__(self) -> None:
         check_trainable_once(self.trainable, self.model_overrides)
@@ -326,4 +329,5 @@ def steps_per_epoch(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
 
 
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
-    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch(n_rows, cfg, world_size)
+    per_batch = cfg.grpo.updates_per_batch if cfg.method == "grpo" else 1  # GRPO: optimizer steps per batch
+    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch(n_rows, cfg, world_size) * per_batch

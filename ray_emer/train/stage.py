@@ -22,12 +22,15 @@ from ray_emer.model.checkpoint import load_checkpoint
 from ray_emer.model.config import resolve_model_config
 from ray_emer.tracking import Tracker
 from ray_emer.train.loop import TrainConfig
+from ray_emer.train.rl import check_grpo
 
 
 def check_io(cfg: TrainConfig) -> None:
     """A stage reads ``features`` and writes ``output``: both must be named (each driver checks this once)."""
     if not cfg.features or not cfg.output:
         raise ConfigError("training needs features and output (--features/--output, or features/output in the config)")
+    if cfg.method == "grpo":
+        check_grpo(cfg)
 
 
 def build_model(cfg: TrainConfig) -> AffectGPT:
@@ -94,13 +97,22 @@ def stage_card(cfg: TrainConfig, steps: int, metrics: dict) -> dict:
 
 def stage_summary(cfg: TrainConfig, steps: int, losses: list[float], metrics: dict, workers: int,
                   wall_s: float, checkpoint: str | None = None, resumed_from: int = 0,
-                  resume_check: dict | None = None, run_id: str | None = None) -> dict:
-    """The one summary of a training stage, whichever engine ran it."""
+                  resume_check: dict | None = None, run_id: str | None = None, rewards: list[float] | None = None,
+                  kls: list[float] | None = None) -> dict:
+    """The one summary of a training stage, whichever engine ran it. Stage 3 (``method: grpo``) adds its mean
+    reward and KL per step, ``reward_first``/``reward_last`` (means over the first and last 20% of the steps)
+    and ``kl_last`` (over the last 20%)."""
 
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
-    return {"output": cfg.output, "engine": cfg.scaling.engine, "workers": workers, "steps": steps,
-            "first_loss": mean(losses[:5]), "last_loss": mean(losses[-5:]), "losses": list(losses),
-            "metrics": dict(metrics), "checkpoint": checkpoint, "wall_s": round(wall_s, 3),
-            "resumed_from": resumed_from, "resume_check": resume_check, "run_id": run_id}
+    out = {"output": cfg.output, "engine": cfg.scaling.engine, "workers": workers, "steps": steps,
+           "first_loss": mean(losses[:5]), "last_loss": mean(losses[-5:]), "losses": list(losses),
+           "metrics": dict(metrics), "checkpoint": checkpoint, "wall_s": round(wall_s, 3),
+           "resumed_from": resumed_from, "resume_check": resume_check, "run_id": run_id}
+    if cfg.method == "grpo":
+        rewards, kls = list(rewards or []), list(kls or [])
+        tail = max(1, round(len(rewards) * 0.2))
+        out.update(rewards=rewards, kls=kls, reward_first=mean(rewards[:tail]), reward_last=mean(rewards[-tail:]),
+                   kl_last=mean(kls[-max(1, round(len(kls) * 0.2)):]))
+    return out

@@ -55,6 +55,7 @@ from ray_emer.train.loop import (
     usable_row,
     validate,
 )
+from ray_emer.train.rl import grpo_trainer
 from ray_emer.train.stage import build_model, check_io, log_stage_artifacts, log_stage_params, stage_card, stage_summary
 
 # the directory name of the small checkpoint a finished run reports its summary with (no training state)
@@ -145,11 +146,14 @@ def train_worker(config: dict) -> None:
     model = build_model(cfg)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = shard_model(model.to(device=device, dtype=dtype))
+    # stage 3: the frozen reference sharded like the policy (a digest of --init checked when resuming)
+    fit = grpo_trainer(cfg, lambda m: shard_model(m.to(device=device, dtype=dtype))) if cfg.method == "grpo" else train
     steps = config["total_steps"]
     opt, sched = make_optimizer(model, cfg.optim, steps)
     resumed = _resume(model, opt, sched)
     state, resume_check = resumed if resumed else (None, None)
     resumed_from = state.step if state else 0
+    saved_reference = state.reference if state else ""
     if state:
         print(f"[train] rank {rank} resumed at step {state.step} (epoch {state.epoch})", flush=True)
     run_id = config.get("mlflow_run_id")  # the driver decided: no run id, no tracking on any rank
@@ -175,15 +179,17 @@ def train_worker(config: dict) -> None:
             _save_checkpoint(model, opt, sched, st, {"step": st.step, "loss": st.losses[-1]})
 
     val_rows = config.get("val_rows") or []
-    state = train(model, epoch_batches, cfg, steps, val_rows, tracker, state, (opt, sched), on_step)
+    state = fit(model, epoch_batches, cfg, steps, val_rows, tracker, state, (opt, sched), on_step)
     metrics = validate(model, val_rows, cfg) if val_rows else {}
     tracker.log_metrics(metrics, step=state.step)
     _export(model, cfg, rank, stage_card(cfg, state.step, metrics))
     if rank == 0:
         log_stage_artifacts(tracker, cfg, state.losses)
     tracker.close()  # ends this process's handle (Ray reuses worker processes); the driver ends the run too
+    if resume_check and cfg.method == "grpo":
+        resume_check["reference"] = saved_reference  # the checkpoint's, which fit checked against --init
     final = {"step": state.step, "losses": state.losses, "metrics": metrics, "resumed_from": resumed_from,
-             "resume_check": resume_check, "epoch": state.epoch,
+             "resume_check": resume_check, "epoch": state.epoch, "rewards": state.rewards, "kls": state.kls,
              "resumed_seen": resume_check["seen"] if resume_check else 0}
     # Train V2 keeps only metrics that come with a checkpoint: a small "final" one (rank 0's metrics, and
     # every rank's rows of the last epoch, seen_rank<r>.json)
@@ -202,20 +208,21 @@ def reported(final: dict) -> dict:
     numbers without its per-step losses (hundreds of floats); they stay in ``final_metrics.json`` of the final
     checkpoint, in MLflow per step, and in the stage's summary."""
     losses = final.get("losses") or []
-    return {**{k: v for k, v in final.items() if k != "losses"}, "losses_n": len(losses),
+    return {**{k: v for k, v in final.items() if k not in ("losses", "rewards", "kls")}, "losses_n": len(losses),
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
 
 
-def _final_losses(checkpoint) -> list[float]:
-    """The per-step losses rank 0 wrote into the final checkpoint (``final_metrics.json``)."""
+def _final_lists(checkpoint) -> dict[str, list[float]]:
+    """The per-step losses (stage 3: rewards, KLs) rank 0 wrote into the final checkpoint (``final_metrics.json``)."""
     if checkpoint is None:
-        return []
+        return {}
     with checkpoint.as_directory() as local:
         path = os.path.join(local, "final_metrics.json")
         if not os.path.exists(path):
-            return []
+            return {}
         with open(path) as fh:
-            return list(json.load(fh).get("losses") or [])
+            final = json.load(fh)
+    return {k: list(final.get(k) or []) for k in ("losses", "rewards", "kls")}
 
 
 # ---------------------------------------------------------------- driver side
@@ -314,11 +321,12 @@ def run_ray_training(cfg: TrainConfig, log=say,
         result = trainer.fit()
     finally:
         tracker.close()
-    final = dict(result.metrics or {})
-    summary = stage_summary(cfg, final.get("step", 0), _final_losses(result.checkpoint), final.get("metrics", {}),
+    final, lists = dict(result.metrics or {}), _final_lists(result.checkpoint)
+    summary = stage_summary(cfg, final.get("step", 0), lists.get("losses", []), final.get("metrics", {}),
                             sc.workers, time.perf_counter() - t0,
                             result.checkpoint.path if result.checkpoint else None,
-                            final.get("resumed_from", 0), final.get("resume_check"), tracker.run_id)
+                            final.get("resumed_from", 0), final.get("resume_check"), tracker.run_id,
+                            lists.get("rewards"), lists.get("kls"))
     summary["train_rows_cached"] = cached
     log(f"[train] {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}; "
         f"exported {cfg.output}")

@@ -358,8 +358,8 @@ def test_quickstart_out_s3(matrix):
     args = ["quickstart", "--out", out, *[a for k, n in QUICK.items() for a in ("--set", f"{k}.clips={n}")],
             "--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "worker_cpus=0.5", "--set", "gallery=2",
             "--set", "samples=1", "--set", "labeller.description_tokens=16", "--set", "labeller.label_tokens=12"]
-    seen = None
-    for run in ("first", "rerun"):
+    # one run: resuming on S3 is the extract and label steps' reruns above (a quickstart rerun costs a minute)
+    for run in ("first",):
         with matrix.step("quickstart --out s3://", run) as step:
             summary = step.run(*args, timeout=540)
             assert summary["labels"] == f"{out}/labels" and summary["scores"]["n_gold_labels"] == QUICK["heldout"]
@@ -375,15 +375,6 @@ def test_quickstart_out_s3(matrix):
             assert models == {checkpoint_id(summary["stages"]["stage2"])}  # every label is this run's model's
             assert {f"{_key(out)}/report/{f}" for f in ("index.html", "confusion.png", "loss_curves.png")} \
                 <= set(files_under(f"{out}/report"))
-            if seen is not None:  # a rerun: the same features (extraction skipped them), the same label ids
-                assert rows == seen[0] and sorted(labels[1]) == sorted(seen[1])
-                nothing = [ln for ln in step.stderr.splitlines() if ln.startswith("[extract]") and "; 0 to do" in ln]
-                assert len(nothing) == 3, nothing
-                # the labels are made again by the new model (the earlier run's are cleared, not resumed)
-                fresh = f"0 already labelled in {out}/labels; {QUICK['heldout']} to do"
-                relabel = [ln for ln in step.stderr.splitlines() if ln.startswith("[label]") and fresh in ln]
-                assert len(relabel) == 1, [ln for ln in step.stderr.splitlines() if ln.startswith("[label]")]
-            seen = (rows, labels[1])
 
 
 # ---------------------------------------------------------------- 6. serve --checkpoint s3://

@@ -126,11 +126,7 @@ def test_fsdp_two_workers_crash_resume_export(ray_local, features, tmp_path):
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"loss_curve.png", "export"} <= arts
 
-    # an uninterrupted run ends at a close loss
-    clean = run_stage(dataclasses.replace(cfg, output=str(tmp_path / "clean"),
-                                          tracking=TrackingConfig(enabled=False)), log=lambda m: None)
-    assert clean["steps"] == 8 and set(clean) == set(summary) and clean["resumed_from"] == 0
-    assert abs(clean["last_loss"] - summary["last_loss"]) < 0.35 * clean["first_loss"]
+    # the resumed export against an undisturbed run of the same stage: the multi-node tier (a rank's node lost)
 
 
 def test_a_stage_with_features_output_and_ray_storage_on_s3(ray_local, features, s3_bucket):

@@ -248,6 +248,15 @@ def micro_step(model: AffectGPT, batch: dict, data: DataConfig, rng: random.Rand
     return {"loss": loss.item(), "tokens": mb.real_tokens, "positions": positions}
 
 
+def optimizer_step(opt, sched, params: list, grad_clip: float) -> None:
+    """One optimizer step on the accumulated gradients: clip (``grad_clip`` > 0), step, schedule, zero."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg: TrainConfig, total_steps: int,
           val_rows: list[dict] | None = None, tracker: Tracker | None = None, state: TrainState | None = None,
           optimizer=None, on_step: Callable[[TrainState], None] | None = None) -> TrainState:
@@ -290,11 +299,7 @@ def train(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]], cfg:
             micro += 1
             if micro % accum:
                 continue
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, sched, params, cfg.optim.grad_clip)
             state.step += 1
             state.losses.append(running)
             state.samples += len(pending)

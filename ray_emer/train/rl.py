@@ -38,7 +38,7 @@ from ray_emer.model.seeding import sub_seed
 from ray_emer.tracking import NullTracker, Tracker
 from ray_emer.train.epoch import EpochFeed, TrainState, collective_world
 from ray_emer.train.grpo import answer_rewards, group_advantages, grpo_loss
-from ray_emer.train.loop import TrainConfig, _autocast, make_optimizer, validate
+from ray_emer.train.loop import TrainConfig, _autocast, make_optimizer, optimizer_step, validate
 
 
 def check_grpo(cfg: TrainConfig) -> None:
@@ -189,11 +189,7 @@ def train_grpo(model: AffectGPT, epoch_batches: Callable[[int], Iterable[dict]],
                 loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp,
                                         roll.advantages.to(logp.device), mask, g.clip_eps, g.kl_beta)
                 (loss * weight).backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(opt, sched, params, cfg.optim.grad_clip)
                 state.step += 1
                 parts = {k: float(np.mean([r[k] for r in roll.rewards])) for k in roll.rewards[0]}
                 state.losses.append(float(loss.item()))

@@ -141,7 +141,7 @@ def _run_actors(cfg: LabelJobConfig, features: str, done: set[str], todo: int, m
     passes = NodeLossPasses(cfg.resume_on_node_loss, log, "label")
 
     def a_pass():  # after a node loss, ``done`` is what the output holds by then
-        now = done if not passes.resumed else done_clip_ids(cfg.output) | done
+        now = done_clip_ids(cfg.output) if passes.resumed else done
         return _label_dataset(cfg, features, now, model_id, gpu, actors).iter_batches(batch_size=None,
                                                                                        batch_format="numpy")
 

@@ -50,10 +50,6 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _json(result, args) -> str:
-    return json.dumps(result, default=str)
-
-
 def _table_or_json(formatter: str):
     def output(result, args) -> str:
         return json.dumps(result, default=str) if args.json else _load(formatter)(result)
@@ -66,6 +62,8 @@ def _key_value_lines(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------- shared flag groups
+SEGMENT_HELP = ("auto (default): recordings longer than segment.max_s (12 s) are cut at pauses and shot cuts into "
+                "2-12 s segments, one row each (clip_id RECORDING@START_MS-END_MS); off: one row per file")
 WHEEL = (F("--wheel-dir", help="folder with wheel1..5, synonym (.xlsx or .csv) and format.csv, as published "
                                "(local or s3://)"),
          F("--format-file", help="another inflection table (e.g. the revised format.csv)"),
@@ -109,9 +107,8 @@ COMMANDS: tuple[Command, ...] = (
             "Build a manifest (one row per clip) from videos, or, with --reasons and/or --openset, from the published "
             "EMER / MER-Caption / OV-MERD CSVs matched by name to the videos of INPUT (by file stem; a video extension "
             "in a name and case differences are tolerated). The published names are the rows: a name with no video "
-            "stays a row with an empty video_uri (extraction reports it as not_found) unless --drop-unmatched; videos "
-            "without a published row are left out. Both are counted in the JSON result, with examples, and listed in "
-            "<output stem>.unmatched.csv beside --output.",
+            "stays a row with an empty video_uri (extraction: not_found) unless --drop-unmatched; videos without a "
+            "published row are left out. Both are counted (JSON) and listed in <output stem>.unmatched.csv.",
             flags=(F("input", help="folder, s3:// prefix, or .csv/.parquet manifest (the videos)"),
                    F("--subtitles", help="CSV name,english (e.g. subtitle_chieng.csv; also name,subtitle(s))"),
                    F("--reasons", help="CSV name,reason: descriptions (also names,reasons; name,english of the "
@@ -147,7 +144,8 @@ COMMANDS: tuple[Command, ...] = (
                    F("--asr", to="asr.enabled", action="store_true", default=None,
                      help="transcribe the audio of clips without a subtitle (subtitle_source asr); backend: "
                           "--set asr.backend=offline (PocketSphinx, English, bundled; default) | whisper "
-                          "(--set asr.model=NAME_OR_DIR, asr.language=zh)"))),
+                          "(--set asr.model=NAME_OR_DIR, asr.language=zh)"),
+                   F("--segment", to="segment.mode", choices=["auto", "off"], help=SEGMENT_HELP))),
     Command(("train",), "ray_emer.train.run:run_stage", "train one AffectGPT stage on cached features",
             "Train head + LoRA (per the config's trainable settings) on feature shards, locally or with Ray Train + "
             "FSDP2 (scaling.engine); --output receives the exported checkpoint directory (config.json, "
@@ -168,8 +166,9 @@ COMMANDS: tuple[Command, ...] = (
             "Generate a description, open-vocabulary labels and a sentiment for every clip of INPUT (feature shards "
             "from `ray-emer extract`, or an archive, which is extracted into OUTPUT/_features first). Writes "
             "OUTPUT/part-*.parquet (clip_id, description, labels, sentiment, status, error, model, engine, "
-            "timings), _summary.json, _published/reason.csv and _published/openset.csv. Error rows keep their "
-            "reason; a rerun skips clips already labelled. Prints progress on stderr and a JSON summary on stdout.",
+            "timings, recording_id, start_s, end_s), _summary.json, _published/{reason,openset}.csv and, per "
+            "segmented recording, _timelines/ID.json, .vtt, .html. Error rows keep their reason; a rerun skips "
+            "clips already labelled. Progress on stderr, a JSON summary on stdout.",
             config="ray_emer.data.label_job:LabelJobConfig",
             flags=(F("--input", to="input", help="feature shards, or a folder / s3:// prefix / manifest of clips"),
                    F("--checkpoint", to="checkpoint", help=CHECKPOINT_HELP),
@@ -179,6 +178,7 @@ COMMANDS: tuple[Command, ...] = (
                    F("--evaluate", to="evaluate", action="store_true", default=None,
                      help="score against the gold labels/descriptions of the input (and the consistency of labels "
                           "and descriptions); adds scores and OUTPUT/_report/"),
+                   F("--segment", to="extract.segment.mode", choices=["auto", "off"], help=SEGMENT_HELP),
                    F("--wheel-dir", to="wheel_dir",
                      help="emotion-wheel tables: the vocabulary with which each description states its labels, and, "
                           "with --evaluate, EW F_s and wheel-grouped metrics"))),
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         except RayEmerError as exc:
             print(f"ray-emer {' '.join(cmd.path)}: {exc}", file=sys.stderr)
             return exc.exit_code
-        text = (cmd.output or _json)(result, args)
+        text = (cmd.output or (lambda result, args: json.dumps(result, default=str)))(result, args)
         if text is not None:
             out.write(text + "\n")
             out.flush()

@@ -88,6 +88,11 @@ FEATURE_COLUMNS = (
     ("encode_s", pa.float32()),
     ("encoder", pa.string()),  # the model preset / config whose frozen encoders made the features
     ("subtitle_source", pa.string()),  # given (manifest) | asr (extract --asr transcribed it) | none
+    # a segment of a long recording: clip_id is <recording_id>@<start_ms>-<end_ms>; a clip is its own recording
+    ("recording_id", pa.string()),
+    ("start_s", pa.float32()),  # where the segment starts in its recording (a clip: 0)
+    ("end_s", pa.float32()),  # where it ends (a clip: its duration)
+    ("thumbnail", pa.binary()),  # a segment: a JPEG of its middle frame (the timeline view); a clip: null
 )
 
 
@@ -134,6 +139,9 @@ LABEL_SCHEMA = pa.schema(
         pa.field("engine", pa.string()),  # hf | vllm
         pa.field("timings", TIMINGS_TYPE),  # seconds per clip (a batch's time shared by its clips)
         pa.field("generated_tokens", pa.int32()),
+        pa.field("recording_id", pa.string()),  # the recording a segment belongs to (a clip: its own id)
+        pa.field("start_s", pa.float32()),  # the segment's span in its recording, seconds
+        pa.field("end_s", pa.float32()),
     ]
 )
 

@@ -247,8 +247,8 @@ def chrome():
 # Tests that start Ray, a server or a subprocess are `integration`; `-m "not integration"` is the fast tier.
 # Tests using these fixtures are marked automatically; any other unmarked test that starts Ray or a subprocess
 # fails, saying so. Allowed: the instant probes libraries make on their own (git for the commit id that MLflow
-# and the training params record, uname from Python's platform module).
-PROBES = {"git", "uname"}
+# and the training params record, uname from Python's platform module, ffmpeg's version when PySceneDetect loads).
+PROBES = {"git", "uname", "ffmpeg"}
 INTEGRATION_FIXTURES = {"ray_local", "ray_head", "s3_endpoint", "s3_bucket", "chrome", "vllm_python", "vllm_case"}
 
 

@@ -8,19 +8,22 @@ benchmarks compare against, and a way to extract without Ray).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from ray_emer import storage
 from ray_emer.asr import AsrConfig, check_config
 from ray_emer.data.manifest import read_manifest
 from ray_emer.features.columns import to_columns
-from ray_emer.features.decode import decode_row
+from ray_emer.features.decode import decode_rows
 from ray_emer.features.encoder import FeatureEncoder, effective_media
 from ray_emer.features.shards import done_clip_ids, write_features
 from ray_emer.media import MediaConfig
+from ray_emer.media.segments import SegmentConfig
 from ray_emer.storage import StorageConfig
 from ray_emer.tracking import TrackingConfig, tracking
 
@@ -48,19 +51,75 @@ class ExtractConfig:
     warm_keep_s: float = 30.0
     tracking: TrackingConfig = dataclasses.field(default_factory=lambda: tracking("ray_emer-extract"))
     asr: AsrConfig = dataclasses.field(default_factory=AsrConfig)  # subtitles by speech recognition (--asr)
+    # recordings longer than segment.max_s: one row per segment (auto), or one clip per file as before (off)
+    segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)  # shared folders (multi-node)
     # passes started again, over what is not written yet, when one fails while a node died (0: fail)
     resume_on_node_loss: int = 3
     progress: bool = True  # a progress bar on a terminal; false: plain progress lines there too
 
 
+SKIP = "_skip"  # a todo row's segments already written (a recording cut part-way): decoded, not encoded again
+
+
+def _markers_dir(output: str) -> str:
+    return storage.join(output, "_recordings")
+
+
+def write_marker(output: str, recording_id: str, segment_ids: list[str]) -> None:
+    """After a recording streamed through: its segments, so that a rerun knows when all are written."""
+    storage.write_text(storage.join(_markers_dir(output), f"{recording_id}.json"),
+                       json.dumps({"recording_id": recording_id, "segments": segment_ids}))
+
+
+def read_markers(output: str) -> dict[str, list[str]]:
+    """``{recording_id: its segment ids}`` of the recordings that streamed through to their end."""
+    folder = _markers_dir(output)
+    if not storage.exists(folder):
+        return {}
+    out = {}
+    for f in storage.list_files(folder, suffixes=[".json"], recursive=False):
+        data = json.loads(storage.read_text(f))
+        out[data["recording_id"]] = list(data["segments"])
+    return out
+
+
 def pending(cfg: ExtractConfig) -> tuple[pa.Table, int, int]:
-    """Manifest rows still to extract (an Arrow table), the manifest size, and how many were already written."""
+    """Manifest rows still to extract (an Arrow table), the manifest size, and how many were already written.
+
+    A recording is done when its marker lists segments that are all written; one cut part-way is to do, with
+    the segments written so far in its ``_skip`` column (its decode pass cuts them again, but encodes only the
+    others)."""
     manifest = read_manifest(cfg.input)
     done = done_clip_ids(cfg.output)
-    todo = manifest.filter(pc.invert(pc.is_in(manifest.column("clip_id"), pa.array(sorted(done), pa.string())))) \
-        if done else manifest
-    return todo, manifest.num_rows, manifest.num_rows - todo.num_rows
+    if not done:
+        return manifest.append_column(SKIP, pa.array([[]] * manifest.num_rows, pa.list_(pa.string()))), \
+            manifest.num_rows, 0
+    markers = read_markers(cfg.output)
+    parts: dict[str, list[str]] = {}
+    for clip in done:
+        if "@" in clip:
+            parts.setdefault(clip.rsplit("@", 1)[0], []).append(clip)
+    keep, skips = [], []
+    for clip in manifest.column("clip_id").to_pylist():
+        complete = clip in done or (clip in markers and set(markers[clip]) <= done)
+        keep.append(not complete)
+        if not complete:
+            skips.append(sorted(parts.get(clip, [])))
+    todo = manifest.filter(pa.array(keep, pa.bool_()))
+    return todo.append_column(SKIP, pa.array(skips, pa.list_(pa.string()))), manifest.num_rows, \
+        manifest.num_rows - todo.num_rows
+
+
+def record_rows(rec: dict, media: MediaConfig, asr: AsrConfig | None, seg: SegmentConfig,
+                output: str) -> Iterator[dict]:
+    """A todo row -> its decoded rows (``decode_rows``); a recording's marker is written once it streamed through."""
+    rec = dict(rec)
+    skip = set(rec.pop(SKIP, None) or ())
+    ids: list[str] = []
+    yield from decode_rows(rec, media, asr, seg, skip, ids)
+    if ids:
+        write_marker(output, str(rec["clip_id"]), ids)
 
 
 def extract_sequential(cfg: ExtractConfig, limit: int | None = None) -> dict:
@@ -76,10 +135,10 @@ def extract_sequential(cfg: ExtractConfig, limit: int | None = None) -> dict:
     t0 = time.perf_counter()
     counts = {"ok": 0, "error": 0}
     for rec in records:
-        table = write_features(encoder.encode_batch(to_columns([decode_row(rec, media, cfg.asr)])), encoder.schema,
-                               cfg.output)
-        for s in table.column("status").to_pylist():
-            counts[s] += 1
+        for row in record_rows(rec, media, cfg.asr, cfg.segment, cfg.output):
+            table = write_features(encoder.encode_batch(to_columns([row])), encoder.schema, cfg.output)
+            for s in table.column("status").to_pylist():
+                counts[s] += 1
     wall = time.perf_counter() - t0
     return {"clips": total, "processed": len(records), "skipped": skipped, **counts, "wall_s": round(wall, 3),
             "clips_per_s": round(len(records) / max(wall, 1e-9), 3), "start_s": round(t0 - t_call, 3)}

@@ -48,10 +48,12 @@ from ray_emer.model.checkpoint import checkpoint_id
 from ray_emer.registry import resolve_checkpoint
 from ray_emer.schema import label_table
 from ray_emer.storage import StorageConfig
+from ray_emer.timeline import FOLDER, timelines, write_timelines
 from ray_emer.tracking import TrackingConfig, open_tracker, tracking
 from ray_emer.progress import Progress, say
 
 FEATURE_COLUMNS = ["clip_id", "subtitle", "status", "error", "has_video", "has_audio", "video_feats", "audio_feats"]
+SPAN_COLUMNS = ["recording_id", "start_s", "end_s"]  # features written before segments existed lack them
 
 
 @dataclasses.dataclass
@@ -126,7 +128,8 @@ def _label_dataset(cfg: LabelJobConfig, features: str, done: set[str], model_id:
     """The feature rows not in ``done``, through the labelling actors (each returns its written batch's summary)."""
     fs, _ = storage.arrow_filesystem(features)
     files = [storage.arrow_filesystem(f)[1] for f in part_files(features)]
-    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(FEATURE_COLUMNS)
+    ds = ray.data.read_parquet(files, filesystem=fs)
+    ds = ds.select_columns(FEATURE_COLUMNS + [c for c in SPAN_COLUMNS if c in ds.schema().names])
     if done:
         ds = ds.filter(lambda r: r["clip_id"] not in done)
     return ds.map_batches(_LabelAndWrite, fn_constructor_args=(cfg.checkpoint, labeller_config(cfg), cfg.output,
@@ -223,6 +226,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     labels = read_labels(cfg.output)
     labels = labels[labels["clip_id"].isin(set(ids))]
     exports = write_exports(labels, cfg.output)
+    timelines = write_recording_timelines(features, labels, cfg.output, log)
     summary = {"input": cfg.input, "features": features, "output": cfg.output, "checkpoint": source,
                "checkpoint_dir": cfg.checkpoint,
                "model": model_id, "engine": cfg.labeller.engine, "clips": len(ids), "processed": todo,
@@ -233,7 +237,7 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
                "restarted_actors": run["restarted_actors"], "nodes_lost": len(nodes - alive_node_ids()),
                "resumed_passes": run["resumed_passes"] + (extract_summary or {}).get("resumed_passes", 0),
                "tokens_per_s": round(run["generated_tokens"] / label_s, 1) if todo and label_s else 0.0,
-               "exports": exports, "errors": run["errors"][:50]}
+               "exports": exports, "timelines": timelines, "errors": run["errors"][:50]}
     if extract_summary is not None:
         summary["extract"] = {k: extract_summary[k] for k in ("clips", "ok", "error", "wall_s")}
     if cfg.evaluate:
@@ -243,6 +247,31 @@ def run_label(cfg: LabelJobConfig, log=say) -> dict:
     log(f"[label] done: {summary['ok']} ok, {summary['error']} error, {len(done)} skipped; "
         f"{summary['clips_per_s']} clips/s, {summary['tokens_per_s']} tokens/s -> {cfg.output}")
     return summary
+
+
+def write_recording_timelines(features: str, labels: pd.DataFrame, output: str, log) -> dict[str, str]:
+    """Per segmented recording: ``OUTPUT/_timelines/<id>.json``, ``.vtt`` and ``.html`` (the timeline view, with
+    the frame of each segment); returns ``{recording_id: json path}``."""
+    if "recording_id" not in labels.columns:
+        return {}
+    segments = labels[labels["recording_id"].notna() & (labels["recording_id"] != labels["clip_id"])]
+    if segments.empty:
+        return {}
+    from ray_emer.eval.timeline_view import timeline_html  # matplotlib-free; loaded when there is a timeline
+
+    feats = read_shards(features, columns=["clip_id", "subtitle", "thumbnail"]).to_pandas()
+    feats = feats[feats["clip_id"].isin(set(segments["clip_id"]))]
+    found = timelines(segments.merge(feats, on="clip_id", how="left").to_dict("records"))
+    paths = write_timelines(found, output)
+    frames: dict[str, dict[str, bytes]] = {}  # recording -> "<start_ms>-<end_ms>" -> JPEG
+    for clip, jpeg in zip(feats["clip_id"], feats["thumbnail"], strict=True):
+        if jpeg:
+            rid, span = clip.rsplit("@", 1)
+            frames.setdefault(rid, {})[span] = jpeg
+    for rid, timeline in found.items():
+        storage.write_text(storage.join(output, FOLDER, f"{rid}.html"), timeline_html(timeline, frames.get(rid)))
+    log(f"[label] {len(found)} recording timeline(s) in {storage.join(output, FOLDER)} (.json, .vtt, .html)")
+    return paths
 
 
 def evaluate_labels(cfg: LabelJobConfig, features: str, labels: pd.DataFrame, log) -> dict:

@@ -2,7 +2,8 @@
 layouts matched to videos by name, and train/val splits: ``data.published``).
 
 Folder mode pairs sidecar files by stem: ``clip.mp4`` + ``clip.wav`` (audio) +
-``clip.txt`` (subtitle). The result is always an Arrow table in ``MANIFEST_SCHEMA``
+``clip.txt`` (subtitle) or ``clip.srt``/``clip.vtt`` (timed subtitles, ``subtitle_uri``: a long
+recording's segments each get the words spoken in them). The result is always an Arrow table in ``MANIFEST_SCHEMA``
 order (extra columns kept), so every later stage reads the same thing.
 """
 
@@ -23,6 +24,7 @@ from ray_emer.errors import RayEmerError
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
 SUBTITLE_SUFFIXES = (".txt",)
+TIMED_SUFFIXES = (".srt", ".vtt")
 
 
 class ManifestError(RayEmerError, ValueError):
@@ -56,8 +58,9 @@ def from_file(uri: str) -> pa.Table:
     base = uri.rsplit("/", 1)[0] if storage.is_remote(uri) else os.path.dirname(os.path.abspath(uri))
     # a Parquet null reads back as NaN (pandas string dtype): never the text "nan"
     df["video_uri"] = [_resolve(base, u) if isinstance(u, str) else None for u in df["video_uri"]]
-    if "audio_uri" in df.columns:
-        df["audio_uri"] = [_resolve(base, u) if isinstance(u, str) and u else None for u in df["audio_uri"]]
+    for col in ("audio_uri", "subtitle_uri"):
+        if col in df.columns:
+            df[col] = [_resolve(base, u) if isinstance(u, str) and u else None for u in df[col]]
     if "labels" in df.columns:
         df["labels"] = [parse_labels(v) for v in df["labels"]]
     for col in ("subtitle", "description", "split"):
@@ -91,8 +94,9 @@ def from_folder(uri: str) -> pa.Table:
         seen.add(clip_id)
         audio = next((side[s] for s in AUDIO_SUFFIXES if s in side), None)
         sub = side.get(".txt")
+        timed = next((side[s] for s in TIMED_SUFFIXES if s in side), None)
         rows.append({"clip_id": clip_id, "video_uri": v, "audio_uri": audio,
-                     "subtitle": storage.read_text(sub).strip() if sub else None})
+                     "subtitle": storage.read_text(sub).strip() if sub else None, "subtitle_uri": timed})
     return conform(pa.Table.from_pylist(rows), MANIFEST_SCHEMA, MANIFEST_REQUIRED)
 
 

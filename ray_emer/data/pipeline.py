@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -37,20 +38,28 @@ from ray_emer.cluster import (
     worker_device,
 )
 from ray_emer.config import ConfigError
-from ray_emer.data.extraction import ExtractConfig, pending
+from ray_emer.data.extraction import ExtractConfig, pending, record_rows
 from ray_emer.data.manifest import folder_manifest
 from ray_emer.features.columns import to_columns
-from ray_emer.features.decode import decode_row
 from ray_emer.features.encoder import FeatureEncoder, effective_media, scripted_encoders
 from ray_emer.features.shards import write_features
 from ray_emer.tracking import open_tracker
 from ray_emer.progress import Progress, say
 
 
-def _decode(batch: pa.Table, media, asr) -> dict[str, np.ndarray]:
-    """Decode a block of manifest rows (Arrow columns, as Ray Data carries them) into a columnar batch (a
-    stateless task, or a fused task's first step; the offline ASR backend runs here)."""
-    return to_columns([decode_row(rec, media, asr) for rec in batch.to_pylist()])
+def _decode(batch: pa.Table, media, asr, seg, output: str, rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """Decode a block of manifest rows (Arrow columns, as Ray Data carries them) into columnar batches of ``rows``
+    decoded rows (a stateless task, or a fused task's first step; the offline ASR backend runs here). A long
+    recording streams through as its segments: many rows from one record, never all of them held."""
+    out: list[dict] = []
+    for rec in batch.to_pylist():
+        for row in record_rows(rec, media, asr, seg, output):
+            out.append(row)
+            if len(out) >= rows:
+                yield to_columns(out)
+                out = []
+    if out:
+        yield to_columns(out)
 
 
 def _summary(table: pa.Table) -> dict[str, np.ndarray]:
@@ -75,8 +84,8 @@ class _EncodeAndWrite:
         return out
 
 
-def _decode_encode_write(batch: pa.Table, preset: str, media, output: str, asr,
-                         scripted: str | None, keep_s: float, shard_rows: int) -> dict[str, np.ndarray]:
+def _decode_encode_write(batch: pa.Table, preset: str, media, output: str, asr, scripted: str | None, seg,
+                         keep_s: float, shard_rows: int) -> dict[str, np.ndarray]:
     """CPU-only clusters (``fused``): one Ray task decodes a block of manifest records ``shard_rows`` at a time,
     encodes them with the worker's warm encoders and writes each chunk as one shard. The decoded frames and audio
     (~0.5 MB a clip) never leave the process, and tasks run in Ray's pooled worker processes, which exist before
@@ -84,8 +93,7 @@ def _decode_encode_write(batch: pa.Table, preset: str, media, output: str, asr,
     encoder, loaded = _worker_encoder(preset, media, asr, scripted)
     parts = []
     try:
-        for start in range(0, batch.num_rows, shard_rows):
-            decoded = _decode(batch.slice(start, shard_rows), media, asr)
+        for decoded in _decode(batch, media, asr, seg, output, shard_rows):
             table = write_features(encoder.encode_batch(decoded), encoder.schema, output)
             parts.append(table.select(["clip_id", "status", "error"]))
     finally:
@@ -291,14 +299,16 @@ def _dataset(cfg: ExtractConfig, todo: pa.Table, media, gpu: bool, layout: str, 
         # one operator whose concurrency is capped below: no resource reservation, whose budget in a session's
         # first job waits on Ray Data's autoscaling coordinator (a new actor process) and ran one task for ~2 s
         ds.context.op_resource_reservation_enabled = False
-        return ds.map_batches(_decode_encode_write, fn_args=(*args, cfg.warm_keep_s, cfg.encode_batch_size),
+        return ds.map_batches(_decode_encode_write, fn_args=(*args, cfg.segment, cfg.warm_keep_s,
+                                                             cfg.encode_batch_size),
                               batch_size=None, batch_format="pyarrow",
                               compute=ray.data.TaskPoolStrategy(size=min(len(bounds), tasks)),
                               num_cpus=cfg.decode_cpus + cfg.encoder_cpus,
                               memory=cfg.decode_memory_mb * 2**20 + _encoder_memory(cfg, scripted))
     size = cfg.decode_batch_size
     ds = ray.data.from_arrow([todo.slice(a, size) for a in range(0, todo.num_rows, size)])
-    ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr}, batch_size=size, batch_format="pyarrow",
+    ds = ds.map_batches(_decode, fn_kwargs={"media": media, "asr": cfg.asr, "seg": cfg.segment, "output": cfg.output,
+                                            "rows": size}, batch_size=size, batch_format="pyarrow",
                         num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=_decode_tasks(cfg, gpu)),
                         # decode tasks reserve memory (a long HD clip needs a few hundred MB); remote args
                         # that differ from the actor's also keep Ray from fusing decode into the encoder

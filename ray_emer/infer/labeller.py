@@ -197,6 +197,12 @@ class Labeller:
         if ok:
             for i, row in zip(ok, self._label_safely({k: np.asarray(v)[ok] for k, v in batch.items()}), strict=True):
                 rows[i] = row
+        for i, row in enumerate(rows):  # where in its recording (a segment's span; a clip is its own recording)
+            rid = batch["recording_id"][i] if "recording_id" in batch else None
+            row["recording_id"] = str(rid) if rid is not None else row["clip_id"]
+            for key in ("start_s", "end_s"):
+                value = batch[key][i] if key in batch else None
+                row[key] = float(value) if value is not None and value == value else None
         return rows  # type: ignore[return-value]
 
     def _label_safely(self, batch: dict) -> list[dict]:

@@ -268,3 +268,104 @@ def test_a_rerun_with_another_checkpoint_refuses_the_labels_it_would_keep(ray_lo
     assert sorted(p.name for p in out.glob("part-*.parquet")) == before
     again = run_label(_cfg(str(features), str(out), trained["checkpoint"]), log=lambda m: None)
     assert again["processed"] == 0 and again["rows"] == 3  # the same model still resumes
+
+
+# ---------------------------------------------------------------- long recordings
+@pytest.fixture(scope="module")
+def recording_archive(tmp_path_factory) -> tuple[Path, dict]:
+    """A folder with a 45 s recording (held-out-like clips of known emotions joined with pauses, its .srt beside
+    it) and two short clips."""
+    import shutil
+
+    from ray_emer.synthetic_recording import write_recording
+
+    root = tmp_path_factory.mktemp("recordings")
+    folder = root / "archive"
+    folder.mkdir()
+    rec = write_recording(str(folder / "talk.mp4"), SynthConfig(seed=33, min_duration_s=2.5, max_duration_s=6.0), 45)
+    clips = write_archive(str(root / "clips"), SynthConfig(clips=2, seed=34))
+    for clip in sorted((Path(clips).parent / "clips").glob("*.mp4")):
+        shutil.copy(clip, folder / clip.name)
+    return folder, rec
+
+
+def test_a_long_recording_becomes_a_timeline_of_labelled_segments(ray_local, trained, recording_archive, tmp_path):
+    import webvtt
+
+    from ray_emer.data.label_job import read_labels, run_label
+    from ray_emer.synthetic import emotion_of
+
+    folder, rec = recording_archive
+    out = tmp_path / "labels"
+    summary = run_label(_cfg(str(folder), str(out), trained["checkpoint"]), log=lambda m: None)
+    features = read_shards(str(out / "_features")).to_pandas()
+    labels = read_labels(str(out))
+    assert summary["rows"] == len(labels) == len(features) and summary["error"] == 0  # rows in == rows out
+    segments = labels[labels["recording_id"] == "talk"].sort_values("start_s")
+    assert len(segments) >= 8 and set(labels["recording_id"]) == {"talk", "synth_00000", "synth_00001"}
+    assert all(c == f"talk@{round(a * 1000)}-{round(b * 1000)}"
+               for c, a, b in zip(segments["clip_id"], segments["start_s"], segments["end_s"], strict=True))
+    clip = labels[labels["clip_id"] == "synth_00000"].iloc[0]  # a short clip stays one row, its own recording
+    assert clip["start_s"] == 0.0 and clip["end_s"] > 1.0
+    timeline = json.loads((out / "_timelines" / "talk.json").read_text())
+    assert set(timeline) == {"recording_id", "duration_s", "segments"} and summary["timelines"] == {
+        "talk": str(out / "_timelines" / "talk.json")}
+    assert all(set(s) == {"start_s", "end_s", "description", "labels", "sentiment", "subtitle"}
+               for s in timeline["segments"])
+    starts = [s["start_s"] for s in timeline["segments"]]
+    assert starts == sorted(starts) and timeline["duration_s"] == pytest.approx(rec["duration_s"], abs=0.2)
+    found = sum(any(abs(s - j) <= 0.5 for s in starts[1:]) for j in rec["joins"]) / len(rec["joins"])
+    assert found >= 0.8, (starts, rec["joins"])
+    # each segment's labels against the clip under its middle: chance is 1/6; the model reads ~50% of clips
+    hits = []
+    for s in timeline["segments"]:
+        mid = (s["start_s"] + s["end_s"]) / 2
+        under = next(c for c in rec["spans"] if c["start_s"] <= mid < c["end_s"])
+        hits.append(bool(s["labels"]) and emotion_of(s["labels"][0]) == under["emotion"])
+    assert sum(hits) / len(hits) >= 0.3, hits
+    assert sum(bool(s["subtitle"]) for s in timeline["segments"]) >= len(starts) * 0.7  # from talk.srt
+    cues = webvtt.read(str(out / "_timelines" / "talk.vtt")).captions
+    assert len(cues) == len(starts) and cues[0].text.startswith(", ".join(timeline["segments"][0]["labels"]))
+    assert "Emotion timeline: talk" in (out / "_timelines" / "talk.html").read_text()
+
+
+def test_a_job_killed_inside_a_recording_redoes_only_its_missing_segments(ray_local, trained, recording_archive,
+                                                                          tmp_path):
+    """SIGKILL to `ray-emer label` once a few segments' features are written, then a rerun: each segment once."""
+    from ray_emer.data.extraction import read_markers
+    from ray_emer.data.label_job import read_labels, run_label
+    from ray_emer.features.shards import written_clip_ids
+
+    folder, _ = recording_archive
+    out = tmp_path / "labels"
+    cmd = [str(Path(sys.executable).parent / "ray-emer"), "label", "--input", str(folder), "--checkpoint",
+           trained["checkpoint"], "--output", str(out), "--set", "extract.encode_batch_size=1", "--set",
+           "progress=false", "--set", "tracking.enabled=false"]
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(out.glob("_features/part-talk@*.parquet"))) < 3 \
+                and proc.poll() is None:
+            time.sleep(0.02)
+        for p in [proc, *_children(proc.pid)]:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    written_before = written_clip_ids(str(out / "_features"))
+    before = [c for c in written_before if c.startswith("talk@")]
+    assert before and "talk" not in read_markers(str(out / "_features")), "the kill must land inside the recording"
+    summary = run_label(_cfg(str(folder), str(out), trained["checkpoint"]), log=lambda m: None)
+    segments = read_markers(str(out / "_features"))["talk"]
+    assert len(before) < len(segments)
+    clips_left = 2 - sum(not c.startswith("talk@") for c in written_before)
+    assert summary["extract"]["ok"] == len(segments) - len(before) + clips_left  # only what is missing
+    written = written_clip_ids(str(out / "_features"))
+    assert len(written) == len(set(written)) == len(segments) + 2  # no segment twice
+    labels = read_labels(str(out))
+    assert sorted(labels["clip_id"]) == sorted(segments + ["synth_00000", "synth_00001"])

@@ -4,8 +4,8 @@
 in time order), cuts them with ``media.segments`` (shot cuts from the frames, pauses from the audio) and yields
 each segment's ``num_frames`` frames and audio windows, sampled as a clip's are. Only the segment being cut and
 the one before it (the last one may still take a short tail) are held: memory does not grow with the length.
-Frames are kept at ``MAX_FPS`` at most, at the encoder's size; a 30 fps source loses nothing the 8 sampled
-frames of a 2-12 s segment would show.
+Every frame is compared for shot cuts (as a small thumbnail); ``MAX_FPS`` frames a second are kept at the
+encoder's size: the 8 frames sampled from a 2-12 s segment lose nothing a 30 fps source would show.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ray_emer.media.probe import Probe, open_container
 from ray_emer.media.segments import Cutter, PauseFinder, SegmentConfig, ShotFinder
 from ray_emer.media.video import frame_indices
 
-MAX_FPS = 10.0
+MAX_FPS = 8.0
 THUMB = 96
 
 
@@ -54,18 +54,24 @@ def _scaled(frame: av.VideoFrame, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top:top + size, left:left + size])
 
 
-def _video_events(path: str, size: int, stats: DecodeStats) -> Iterator[tuple[float, int, np.ndarray]]:
+def _video_events(path: str, size: int, stats: DecodeStats) -> Iterator[tuple[float, int, tuple]]:
+    """(t, 0, (thumbnail for the shot detector, the frame at ``size`` or None)) per decoded frame: every frame
+    is compared for cuts, ``MAX_FPS`` of them a second are kept for the segments."""
     with open_container(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if (stream.codec_context.width or 0) >= 640:  # frame threads pay off on large frames only
+            stream.thread_type = "AUTO"
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        kept = -1.0
+        kept, last = -1.0, 0.0
         for frame in decode_packets(container, stream, stats):
-            t = float(frame.time) - start if frame.time is not None else kept + 1 / MAX_FPS
-            if kept >= 0 and t < kept + 1 / MAX_FPS - 1e-6:
-                continue
-            kept = t
-            yield t, 0, _scaled(frame, size)
+            t = float(frame.time) - start if frame.time is not None else last + 1 / MAX_FPS
+            last = t
+            small = frame.reformat(width=ShotFinder.SIZE, height=ShotFinder.SIZE, format="rgb24",
+                                   interpolation="BILINEAR").to_ndarray()
+            keep = kept < 0 or t >= kept + 1 / MAX_FPS - 1e-6
+            if keep:
+                kept = t
+            yield t, 0, (small, _scaled(frame, size) if keep else None)
 
 
 def _audio_events(path: str, stats: DecodeStats) -> Iterator[tuple[float, int, np.ndarray]]:
@@ -141,9 +147,9 @@ def stream_segments(video_path: str, info: Probe, media, seg: SegmentConfig,
         events.append(_audio_events(audio_file, astats))
     cutter, buf = Cutter(seg), _Buffers()
     pauses = PauseFinder(seg) if has_audio_stream else None
-    shots = ShotFinder(seg, min(info.fps or MAX_FPS, MAX_FPS)) if info.has_video else None
+    shots = ShotFinder(seg, info.fps or 25.0) if info.has_video else None
     held: tuple[float, float] | None = None
-    used, skipped_seen, now = 0, 0, 0.0
+    used, skipped_seen, now, last_video = 0, 0, 0.0, None
 
     def build(a: float, b: float) -> SegmentMedia:
         nonlocal skipped_seen
@@ -169,8 +175,10 @@ def stream_segments(video_path: str, info: Probe, media, seg: SegmentConfig,
     for t, kind, data in heapq.merge(*events, key=lambda e: (e[0], e[1])):
         now = t
         if kind == 0:
-            buf.frames.append((t, data))
-            for c in shots.feed(t, data):
+            last_video = t
+            if data[1] is not None:
+                buf.frames.append((t, data[1]))
+            for c in shots.feed(t, data[0]):
                 cutter.candidate(c)
         else:
             buf.add_audio(data)
@@ -183,7 +191,7 @@ def stream_segments(video_path: str, info: Probe, media, seg: SegmentConfig,
                 yield build(*held)
                 buf.drop_before(held[1])
             held, used = (start, cutter.cuts[used]), used + 1
-    last_frame = buf.frames[-1][0] + 1 / min(info.fps or MAX_FPS, MAX_FPS) if buf.frames else 0.0
+    last_frame = last_video + 1 / (info.fps or 25.0) if last_video is not None else 0.0
     duration = max(last_frame, buf.samples / SAMPLE_RATE)
     if duration <= 0:
         raise MediaError(video_path, "decode_failed", "no decodable video frame or audio sample in the recording")

@@ -182,14 +182,15 @@ def test_a_streamed_description_is_the_final_one(checkpoint, tmp_path):
     assert "".join(order[:order.index("labels")]) == DESCRIPTIONS[0]  # no stater: every delta as it comes
 
 
+@pytest.mark.integration
 def test_a_streamed_row_is_the_batch_row(checkpoint, tmp_path):
     """The real engine (tiny random model), with and without a stater: stream_one's deltas join to its row's
     description, and the row is label_batch's for the same clip."""
     from ray_emer.infer.labeller import Labeller, LabellerConfig
 
-    wheels = synthetic_wheels(tmp_path)
-    for cfg in (LabellerConfig(wheel_dir=wheels.source, description_tokens=24), LabellerConfig(description_tokens=24)):
-        lab = Labeller(checkpoint, cfg)
+    lab = Labeller(checkpoint, LabellerConfig(wheel_dir=synthetic_wheels(tmp_path).source, description_tokens=24))
+    for stater in (lab.stater, None):
+        lab.stater = stater
         out = list(lab.stream_one(_batch(1)))
         row, deltas = out[-1], out[:-1]
         assert all(isinstance(d, str) for d in deltas) and len(deltas) > 2

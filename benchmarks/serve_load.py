@@ -1,4 +1,5 @@
-"""Load test of the Ray Serve endpoint on loopback: latency percentiles, throughput, non-2xx, replicas over time.
+"""Load test of the Ray Serve endpoint on loopback: latency percentiles, throughput, non-2xx, replicas over time,
+and the time to first token of streamed chat answers.
 
     python benchmarks/serve_load.py                 # tiny preset (random weights), concurrency 1, 4, 16, ~3 min
 
@@ -6,12 +7,16 @@ Starts a local Ray and the application with the deployment settings of
 ``serve_config.yaml`` (autoscaling, bounded queues), then sends synthetic clips as
 multipart uploads to ``/v1/analyze`` at each concurrency for a bounded number of
 requests and seconds, samples the replica count of each deployment every second, and
-keeps sampling while idle afterwards to show the scale-down. Loopback only.
+keeps sampling while idle afterwards to show the scale-down. Then, one at a time,
+``--stream-requests`` chat completions with ``stream: true``: the time to the first
+content delta (TTFT) and to the end of the answer, with the server's timings of each
+(what the first token waits for: decoding, encoding, the prompt and the first tokens). Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import json
 import os
@@ -73,6 +78,41 @@ def run_level(url: str, clips: list[bytes], concurrency: int, n: int, max_s: flo
             "mean_s": statistics.mean(ok) if ok else None}
 
 
+def stream_one(url: str, clip: bytes) -> dict:
+    """One streamed chat answer: seconds to the first content delta and to the end, the server's timings."""
+    body = {"model": "ray-emer", "stream": True, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(clip).decode()}}]}]}
+    t0 = time.perf_counter()
+    first, extra, deltas = None, {}, 0
+    with requests.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body,
+                       stream=True, timeout=120) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            if chunk["choices"][0]["delta"].get("content"):
+                first = first if first is not None else time.perf_counter() - t0
+                deltas += 1
+            extra = chunk.get("ray_emer", extra)
+    return {"ttft_s": first, "full_s": time.perf_counter() - t0, "deltas": deltas, "timings": extra["timings"]}
+
+
+def run_stream_level(url: str, clips: list[bytes], n: int) -> dict:
+    """``n`` streamed answers at concurrency 1: TTFT and full-answer percentiles, their ratio, and the medians
+    of the server's timings (what TTFT is made of)."""
+    runs = [stream_one(url, clips[i % len(clips)]) for i in range(n)]
+    ttft, full = [r["ttft_s"] for r in runs], [r["full_s"] for r in runs]
+    median = {k: statistics.median(r["timings"][k] for r in runs)
+              for k in ("decode_s", "encode_s", "first_text_s", "generate_s", "model_s", "total_s")}
+    return {"concurrency": 1, "requests": n, "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95),
+            "full_p50_s": percentile(full, 0.5), "full_p95_s": percentile(full, 0.95),
+            "ttft_p50_over_full_p50": percentile(ttft, 0.5) / percentile(full, 0.5),
+            "deltas_p50": statistics.median(r["deltas"] for r in runs), "server_timings_p50": median}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a checkpoint directory (default: the tiny preset, random weights)")
@@ -81,6 +121,8 @@ def main() -> None:
                     help="requests per level, times concurrency/4 above 4 (bounded by --max-seconds)")
     ap.add_argument("--max-seconds", type=float, default=90, help="per level (bounded)")
     ap.add_argument("--idle-seconds", type=float, default=40, help="sampling replicas after the load")
+    ap.add_argument("--stream-requests", type=int, default=16,
+                    help="streamed chat answers after the load, one at a time (0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -132,6 +174,7 @@ def main() -> None:
     time.sleep(args.idle_seconds)
     stop.set()
     sampler.join()
+    streaming = run_stream_level(url, clips, args.stream_requests) if args.stream_requests > 0 else None
     serve.shutdown()
     ray.shutdown()
 
@@ -150,8 +193,14 @@ def main() -> None:
         if row != last:
             print(f"  t={t:>6.1f} s  " + "  ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)))
             last = row
+    if streaming:
+        st = streaming
+        print(f"streamed chat answers, concurrency 1, {st['requests']} requests: ttft_p50_s={st['ttft_p50_s']:.3f} "
+              f"ttft_p95_s={st['ttft_p95_s']:.3f} full_p50_s={st['full_p50_s']:.3f} "
+              f"ttft_p50/full_p50={st['ttft_p50_over_full_p50']:.3f} (content deltas p50: {st['deltas_p50']:.0f})")
+        print("  server timings p50: " + "  ".join(f"{k}={v:.3f}" for k, v in st["server_timings_p50"].items()))
     if args.json:
-        print(json.dumps({"levels": levels, "timeline": timeline, "load_end_s": load_end}))
+        print(json.dumps({"levels": levels, "timeline": timeline, "load_end_s": load_end, "streaming": streaming}))
 
 
 if __name__ == "__main__":

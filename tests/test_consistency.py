@@ -141,3 +141,60 @@ def test_the_label_jobs_wheel_tables_serve_the_labeller():
     assert labeller_config(LabelJobConfig(wheel_dir="/w")).wheel_dir == "/w"
     own = LabelJobConfig(wheel_dir="/w", labeller=LabellerConfig(wheel_dir="/mine"))
     assert labeller_config(own).wheel_dir == "/mine" and labeller_config(LabelJobConfig()).wheel_dir == ""
+
+
+# ---------------------------------------------------------------- a streamed description
+def _stream_in_order(lab, description: str) -> tuple[list[str], dict, list]:
+    """stream_one over a scripted engine whose description comes 5 characters at a time: the deltas, the
+    row, and the order of events (each delta as the consumer reads it, "labels" when the OV prompt runs)."""
+    order: list = []
+    generate = lab.engine.generate_embeds
+    generate([], 0)  # the scripted descriptions' call: on a stream the description comes from stream_embeds
+    lab.engine.generate_embeds = lambda embeds, n: order.append("labels") or generate(embeds, n)
+    lab.engine.stream_embeds = lambda e, n: iter([description[i:i + 5] for i in range(0, len(description), 5)])
+    deltas, row = [], None
+    for item in lab.stream_one(_batch(1)):
+        if isinstance(item, str):
+            order.append(item)
+            deltas.append(item)
+        else:
+            row = item
+    return deltas, row, order
+
+
+def test_a_streamed_description_is_the_final_one(checkpoint, tmp_path):
+    from ray_emer.infer.labeller import Labeller, LabellerConfig
+
+    wheels = synthetic_wheels(tmp_path)
+    lab = Labeller(checkpoint, LabellerConfig(wheel_dir=wheels.source))
+    scripted(lab, ", uneasy.")
+    deltas, row, order = _stream_in_order(lab, DESCRIPTIONS[0])
+    fixed = CLUES.format("happy") + "Weighing the facial, vocal and verbal clues together, the person's emotional " \
+                                    "state is most likely worried, uneasy."
+    assert "".join(deltas) == row["description"] == fixed and row["labels"] == ["worried", "anxious"]
+    # sent before the labels were known: the text up to its first emotion word (the conclusion may change there)
+    assert "".join(order[:order.index("labels")]) == CLUES.format("happy").split(" happy")[0] and len(deltas) > 5
+
+    off = Labeller(checkpoint, LabellerConfig(wheel_dir=wheels.source, state_labels="off"))
+    scripted(off, ", uneasy.")
+    deltas, row, order = _stream_in_order(off, DESCRIPTIONS[0])
+    assert "".join(deltas) == row["description"] == DESCRIPTIONS[0]
+    assert "".join(order[:order.index("labels")]) == DESCRIPTIONS[0]  # no stater: every delta as it comes
+
+
+@pytest.mark.integration
+def test_a_streamed_row_is_the_batch_row(checkpoint, tmp_path):
+    """The real engine (tiny random model), with and without a stater: stream_one's deltas join to its row's
+    description, and the row is label_batch's for the same clip."""
+    from ray_emer.infer.labeller import Labeller, LabellerConfig
+
+    lab = Labeller(checkpoint, LabellerConfig(wheel_dir=synthetic_wheels(tmp_path).source, description_tokens=24))
+    for stater in (lab.stater, None):
+        lab.stater = stater
+        out = list(lab.stream_one(_batch(1)))
+        row, deltas = out[-1], out[:-1]
+        assert all(isinstance(d, str) for d in deltas) and len(deltas) > 2
+        assert "".join(deltas) == row["description"] and row["status"] == "ok"
+        batch_row = lab.label_batch(_batch(1))[0]
+        assert {k: row[k] for k in ("description", "labels", "sentiment")} == \
+            {k: batch_row[k] for k in ("description", "labels", "sentiment")}

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import wave
 from pathlib import Path
 
@@ -185,6 +186,10 @@ def test_timeout_cannot_be_lifted_by_a_header(server, clip):
     r = requests.post(f"{server['url']}/strict/v1/analyze", timeout=60, json={"video_uri": str(clip)},
                       headers={**_auth(), "x-request-timeout-seconds": "0"})
     assert r.status_code == 504 and "longer than 0.05 s" in r.json()["error"]
+    streamed = requests.post(f"{server['url']}/strict/v1/chat/completions", headers=_auth(), timeout=60, json={
+        "stream": True, "messages": [{"role": "user", "content": [{"type": "video_url",
+                                                                   "video_url": {"url": str(clip)}}]}]})
+    assert streamed.status_code == 504 and "longer than 0.05 s" in streamed.json()["error"]  # no text in time
 
 
 def test_overload_answers_429_with_retry_after(server, clip):
@@ -214,6 +219,18 @@ def test_openai_client_plain_and_streaming(server, clip):
     streamed = client.chat.completions.create(model="ray-emer", messages=messages, stream=True)
     pieces = [c.choices[0].delta.content or "" for c in streamed]
     assert len(pieces) > 2 and "".join(pieces) == content
+    # the longer answers of "busy": the text streams while it is generated, then the emotions come
+    busy = openai.OpenAI(base_url=f"{server['url']}/busy/v1", api_key=KEY, max_retries=0, timeout=120)
+    t0, arrivals, extra = time.perf_counter(), [], None
+    for c in busy.chat.completions.create(model="ray-emer", messages=messages, stream=True):
+        if c.choices[0].delta.content:
+            arrivals.append((time.perf_counter(), c.choices[0].delta.content))
+        extra = getattr(c, "ray_emer", None) or extra
+    whole = busy.chat.completions.create(model="ray-emer", messages=messages)  # 200: the stream left its slot
+    assert "".join(p for _, p in arrivals) == whole.choices[0].message.content and len(arrivals) > 10
+    first, last = arrivals[0][0] - t0, arrivals[-1][0] - t0
+    assert first < 0.75 * last, (first, last)  # the first text came well before the end, not with it
+    assert extra["timings"]["first_text_s"] < extra["timings"]["model_s"]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server['url']}/v1", api_key="wrong", max_retries=0).models.list()
     assert [m.id for m in client.models.list()] == ["ray-emer"]

@@ -128,7 +128,7 @@ CONTENT = "She smiles and laughs, so she is happy.\n\nEmotions: happy, surprised
 
 
 def test_chat_answer_plain():
-    out = http.chat_answer(RESULT, "ray-emer", stream=False)
+    out = http.chat_answer(RESULT, "ray-emer")
     assert out["object"] == "chat.completion" and out["model"] == "ray-emer" and out["id"].startswith("chatcmpl-")
     assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": CONTENT},
                                "finish_reason": "stop"}]
@@ -136,16 +136,36 @@ def test_chat_answer_plain():
     assert out["ray_emer"] == {"labels": ["happy", "surprised"], "sentiment": "positive", "timings": {"total_s": 0.5}}
 
 
-def test_chat_answer_streams_openai_chunks():
-    async def collect():
-        return [piece async for piece in http.sse("chatcmpl-1", 7, "ray-emer", CONTENT, {"labels": ["happy"]})]
+def _sse(events: list[dict]) -> list[str]:
+    async def gen():
+        for e in events:
+            yield e
 
-    events = asyncio.run(collect())
+    async def collect():
+        return [piece async for piece in http.sse("chatcmpl-1", 7, "ray-emer", gen())]
+
+    return asyncio.run(collect())
+
+
+def test_chat_answer_streams_openai_chunks():
+    words = RESULT["description"].split(" ")
+    deltas = [{"delta": w + " "} for w in words[:-1]] + [{"delta": words[-1]}]
+    events = _sse([*deltas, {"result": RESULT}, {"delta": "never sent"}])
     assert events[-1] == "data: [DONE]\n\n" and all(e.startswith("data: ") and e.endswith("\n\n") for e in events)
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-1" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    # a chunk per delta as it came, then the emotions line: the content is the plain answer's, exactly
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:len(words) + 1]] == [d["delta"] for d in deltas]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == CONTENT
-    assert len(chunks) > 3  # the content comes in pieces
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["ray_emer"] == {"labels": ["happy"]}
-    assert http.chat_answer(RESULT, "ray-emer", stream=True).media_type == "text/event-stream"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["ray_emer"] == {"labels": ["happy", "surprised"], "sentiment": "positive",
+                                      "timings": {"total_s": 0.5}}
+
+
+def test_a_failure_after_the_stream_began_is_an_error_event_and_the_end():
+    events = _sse([{"delta": "She smiles"}, {"error": "the model failed on this clip: boom"}, {"delta": "never"}])
+    assert events[-1] == "data: [DONE]\n\n" and len(events) == 4
+    assert json.loads(events[1][6:])["choices"][0]["delta"] == {"content": "She smiles"}
+    assert json.loads(events[2][6:]) == {"error": {"message": "the model failed on this clip: boom",
+                                                   "type": "server_error"}}

@@ -11,7 +11,9 @@ engines must not pick up sampling or repetition settings from a model's
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -49,6 +51,19 @@ class Engine(Protocol):
 
     def generate_embeds(self, embeds: Sequence[torch.Tensor], max_new_tokens: int | None = None) -> list[Generation]: ...
 
+    # optional: text deltas of one prompt as they are generated (joined: ``generate_embeds([embed])[0].text``);
+    # an engine without it streams the whole text at once (``stream_of``)
+
+
+def stream_of(engine, embed: torch.Tensor, max_new_tokens: int | None = None) -> Iterator[str]:
+    """The engine's ``stream_embeds`` when it has one, else its whole generation as one delta."""
+    if hasattr(engine, "stream_embeds"):
+        yield from engine.stream_embeds(embed, max_new_tokens)
+        return
+    text = engine.generate_embeds([embed], max_new_tokens)[0].text
+    if text:
+        yield text
+
 
 def check_embeds(embeds: Sequence[torch.Tensor], hidden_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """Each prompt as ``[L, hidden_size]`` in ``dtype`` (a ``[1, L, H]`` tensor is squeezed); a wrong shape
@@ -78,6 +93,57 @@ def trim(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
     return out
 
 
+class TextDeltas:
+    """Feed the ids of one generation as they come (``add``), read the text they add; ``finish`` gives the
+    rest. Stops taking ids at the first end-of-sequence or padding id (``done``)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop_ids: set[int]) -> None:
+        self.decode, self.stop_ids = decode, stop_ids
+        self.ids: list[int] = []
+        self.sent = ""
+        self.done = False
+
+    def add(self, ids: Iterable[int]) -> str:
+        if self.done:
+            return ""
+        new = [int(i) for i in ids]
+        kept = trim(new, self.stop_ids)
+        self.done = len(kept) < len(new)
+        self.ids.extend(kept)
+        text = self.decode(self.ids).strip()
+        if text.endswith("\ufffd"):  # a character whose bytes are not all generated yet
+            text = text[:-1].rstrip()
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def finish(self) -> str:
+        """The rest of the text (what was held back); raises when the text no longer extends what was sent."""
+        text = self.decode(self.ids).strip()
+        if not text.startswith(self.sent):
+            raise EngineError(f"streamed text {self.sent[-40:]!r} is not a prefix of the generation {text[-60:]!r}")
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+class _Ids:
+    """A transformers streamer that queues the ids ``generate`` makes (its first ``put`` is the prompt: skipped)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
 class HFEngine:
     """Greedy (or sampled) generation with a transformers causal LM (a PEFT-wrapped one too) and its tokenizer."""
 
@@ -90,6 +156,7 @@ class HFEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # decoder-only: pad on the left for batched generate
+        self._lock = threading.Lock()  # one generate at a time (a stream generates in a thread of its own)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, cfg: GenerationConfig | None = None, **kwargs) -> HFEngine:
@@ -132,7 +199,8 @@ class HFEngine:
         for i in range(0, len(prompts), self.cfg.batch_size):
             batch = [self._render(p) for p in prompts[i : i + self.cfg.batch_size]]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
-            ids = self.model.generate(**enc, **self._sampling(None))
+            with self._lock:
+                ids = self.model.generate(**enc, **self._sampling(None))
             new = ids[:, enc["input_ids"].shape[1]:]
             out.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return out
@@ -151,8 +219,39 @@ class HFEngine:
             for j, e in enumerate(chunk):
                 x[j, width - e.shape[0]:] = e.to(self.device)
                 mask[j, width - e.shape[0]:] = 1
-            ids = self.model.generate(inputs_embeds=x, attention_mask=mask, **self._sampling(max_new_tokens))
+            with self._lock:
+                ids = self.model.generate(inputs_embeds=x, attention_mask=mask, **self._sampling(max_new_tokens))
             for row in ids.tolist():  # with inputs_embeds only, generate returns the new tokens alone
                 kept = trim(row, stop)
                 out.append(Generation(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), kept))
         return out
+
+    def stream_embeds(self, embed: torch.Tensor, max_new_tokens: int | None = None) -> Iterator[str]:
+        """One prompt's embeddings ``[L, H]`` -> text deltas as the tokens are generated (greedy as
+        ``generate_embeds``; joined they are its text). ``generate`` runs in a thread and hands its ids over
+        through a streamer; a consumer that stops early leaves it to finish (at most ``max_new_tokens``)."""
+        (e,) = check_embeds([embed], self.hidden_size, self.dtype)
+        x = e.to(self.device)[None]
+        ids, failed = _Ids(), []
+
+        def run() -> None:
+            try:
+                with self._lock, torch.no_grad():
+                    self.model.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long,
+                                                                                   device=self.device),
+                                        streamer=ids, **self._sampling(max_new_tokens))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the consumer's thread
+                failed.append(exc)
+            finally:
+                ids.queue.put(None)
+
+        threading.Thread(target=run, name="ray_emer-stream", daemon=True).start()
+        deltas = TextDeltas(lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
+                            {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id})
+        while (new := ids.queue.get()) is not None:
+            if delta := deltas.add(new):
+                yield delta
+        if failed:
+            raise EngineError(f"generation failed: {type(failed[0]).__name__}: {failed[0]}") from failed[0]
+        if rest := deltas.finish():
+            yield rest

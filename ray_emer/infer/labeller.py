@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -27,7 +28,8 @@ import torch
 from ray_emer.eval.consistency import agrees, conclusion_slot
 from ray_emer.eval.extract import LexiconExtractor, LLMExtractor, lexicon_sentiment
 from ray_emer.eval.wheel import EmotionWheels
-from ray_emer.infer.engine import GenerationConfig, HFEngine
+from ray_emer.infer.engine import GenerationConfig, HFEngine, stream_of
+from ray_emer.infer.streaming import ConclusionGate
 from ray_emer.infer.vllm_engine import VLLMEngine, VLLMSettings
 from ray_emer.model.prompts import parse_ov_answer
 
@@ -184,6 +186,49 @@ class Labeller:
         timings = {"prompt_s": prompt_s / n, "generate_s": gen_s / n, "labels_s": labels_s / n, "total_s": total / n}
         return [self._row(str(batch["clip_id"][i]), description=texts[i], labels=labels[i], timings=timings,
                           tokens=tokens[i]) for i in range(n)]
+
+    def stream_one(self, batch: dict) -> Iterator[str | dict]:
+        """A feature batch of one row -> the description's text deltas as they are generated, then its label row
+        (as ``label_batch``'s). The deltas joined are the row's description: with a stater, its conclusion is
+        held back until the labels are known (``ConclusionGate``) and sent as it ended, fixed or not."""
+        if len(batch["clip_id"]) != 1:
+            raise ValueError(f"stream_one takes a batch of one row, got {len(batch['clip_id'])}")
+        clip_id = str(batch["clip_id"][0])
+        if str(batch["status"][0]) != "ok":
+            yield self._row(clip_id, "error", str(batch["error"][0] or "error"))
+            return
+        gate, text = ConclusionGate(self.stater), ""
+        try:
+            t0 = time.perf_counter()
+            mb = self.processor.from_rows(batch, "description", with_targets=False)
+            (prompt,) = self.embed(mb)
+            t1 = time.perf_counter()
+            first = None
+            for delta in stream_of(self.engine, prompt, self.cfg.description_tokens):
+                text += delta
+                if out := gate.add(delta):
+                    first = first or time.perf_counter() - t0
+                    yield out
+            t2 = time.perf_counter()
+            texts, labels, labels_s, gen_s = [text], None, 0.0, t2 - t1
+            if self.extractor is None:
+                answers, p2, g2, _ = self._generate(batch, "ov_labels", self.cfg.label_tokens)
+                labels, gen_s = [parse_ov_answer(answers[0].text)], gen_s + p2 + g2
+                if self.stater is not None:
+                    self._state_labels([prompt], texts, labels)
+                    gen_s += time.perf_counter() - t2 - p2 - g2
+            else:
+                labels = self.extractor.extract(texts)
+                labels_s = time.perf_counter() - t2
+            if rest := gate.finish(texts[0]):
+                first = first or time.perf_counter() - t0
+                yield rest
+        except Exception as exc:  # noqa: BLE001 - the engine's failure is this clip's error row, as in a batch
+            yield self._row(clip_id, "error", _error_text(exc))
+            return
+        timings = {"prompt_s": t1 - t0, "generate_s": gen_s, "labels_s": labels_s,
+                   "total_s": time.perf_counter() - t0, "first_text_s": first or 0.0}
+        yield self._row(clip_id, description=texts[0], labels=labels[0], timings=timings)
 
     def label_batch(self, batch: dict) -> list[dict]:
         """A columnar feature batch (as ``features.shards.table_columns`` / Ray Data yield it) -> one label row per input row."""

@@ -3,7 +3,8 @@
 - ``decode_media``: uploaded bytes (or an allowed URI) -> a decoded row (never raises: a
   bad file is ``status="error"`` with ``"<reason>: <detail>"``, as in extraction)
 - ``ClipModel``: frozen encoders + the labeller of a checkpoint; decoded rows (a batch)
-  -> ``{"description", "labels", "sentiment", "timings"}`` per row
+  -> ``{"description", "labels", "sentiment", "timings"}`` per row; or one decoded row -> the
+  description's text deltas as they are generated, then that analysis (``stream``)
 Both reuse the extraction and labelling code, so a served answer equals the bulk job's.
 """
 
@@ -14,6 +15,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -89,3 +91,24 @@ class ClipModel:
             out.append(Analysis(lab["description"], list(lab["labels"]), lab["sentiment"], timings, lab["status"],
                                 lab["error"]))
         return out
+
+    def stream(self, row: dict) -> Iterator[dict]:
+        """One decoded row -> ``{"delta": text}`` events as the description is generated (joined: the
+        description; a stater holds its conclusion until the labels are known), then ``{"result": Analysis}``
+        as a dict, its timings with ``first_text_s`` (from the row's arrival to the first delta)."""
+        t0 = time.perf_counter()
+        features = self.encoder.encode_batch(to_columns([row]))
+        t1 = time.perf_counter()
+        lab = None
+        for item in self.labeller.stream_one(features):
+            if isinstance(item, str):
+                yield {"delta": item}
+            else:
+                lab = item
+        t2 = time.perf_counter()
+        first = lab["timings"].get("first_text_s", 0.0)
+        timings = {"decode_s": round(float(row["decode_s"]), 4), "encode_s": round(t1 - t0, 4),
+                   "generate_s": round(float(lab["timings"]["generate_s"]), 4), "model_s": round(t2 - t0, 4),
+                   "batch": 1, "first_text_s": round(t1 - t0 + first, 4) if first else None}
+        yield {"result": dataclasses.asdict(Analysis(lab["description"], list(lab["labels"]), lab["sentiment"],
+                                                     timings, lab["status"], lab["error"]))}

@@ -62,6 +62,13 @@ class Model:
     async def analyze(self, rows: list[dict]) -> list[dict]:
         return [dataclasses.asdict(a) for a in self.model.analyze(rows)]
 
+    async def stream(self, row: dict):
+        """One row, not batched: ``ClipModel.stream``'s events as they come (called with ``stream=True``). The
+        work runs in a thread, one event at a time, so the replica's event loop stays free meanwhile."""
+        events = self.model.stream(row)
+        while (event := await asyncio.to_thread(next, events, None)) is not None:
+            yield event
+
 
 api = FastAPI(title="ray_emer", description="Explainable multimodal emotion recognition (AffectGPT)")
 
@@ -110,9 +117,7 @@ class Ingress:
         return http.ClipRequest(video, http.uri_suffix(uri), subtitle=subtitle)
 
     async def _analyze(self, clip: http.ClipRequest, frames: bool = False) -> http.Analysis:
-        if self.inflight >= self.args.max_inflight:
-            raise http.HTTPError(429, "too many requests in flight; retry shortly", {"Retry-After": "1"})
-        self.inflight += 1
+        self._admit()
         t0 = time.perf_counter()
         try:
             decoded, result = await asyncio.wait_for(self._run(clip), timeout=self.args.request_timeout_s)
@@ -135,6 +140,76 @@ class Ingress:
             raise http.HTTPError(500, f"the model failed on this clip: {result['error']}")
         result.pop("error")
         return decoded, result
+
+    def _admit(self) -> None:
+        if self.inflight >= self.args.max_inflight:
+            raise http.HTTPError(429, "too many requests in flight; retry shortly", {"Retry-After": "1"})
+        self.inflight += 1
+
+    async def _stream(self, clip: http.ClipRequest):
+        """A streamed chat answer. Before its first byte, the refusals are HTTP answers as without a stream (429,
+        400, 504 when no text came within the timeout, 500); after it, a failure (the timeout for the whole
+        answer included) is an SSE error event that ends the stream."""
+        self._admit()
+        t0, deadline = time.perf_counter(), time.perf_counter() + self.args.request_timeout_s
+        held: list = []  # the model's event stream, once opened: cancelled when the answer ends
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight -= 1
+                for events in held:
+                    events.cancel()
+
+        try:
+            try:
+                first = await asyncio.wait_for(self._first_event(clip, held), timeout=self.args.request_timeout_s)
+            except TimeoutError as exc:
+                raise http.HTTPError(504, f"the analysis took longer than {self.args.request_timeout_s} s") from exc
+            if "result" in first and first["result"]["status"] != "ok":
+                raise http.HTTPError(500, f"the model failed on this clip: {first['result']['error']}")
+        except BaseException:
+            release()
+            raise
+        return http.stream_response(self.args.model_name, self._events(first, held[0], t0, deadline), release)
+
+    async def _first_event(self, clip: http.ClipRequest, held: list) -> dict:
+        """Decode, open the Model's event stream (on another replica when one is lost before its first event)
+        and read that first event."""
+        decoded = await self.decoder.decode.remote(clip.video, clip.suffix, clip.audio, clip.audio_suffix,
+                                                   clip.subtitle)
+        if decoded["status"] != "ok":
+            raise http.HTTPError(400, f"cannot decode the clip: {decoded['error']}")
+        for attempt in range(REPLICA_LOSS_RETRIES):
+            held[:] = [self.model.options(stream=True).stream.remote(decoded)]
+            try:
+                return await held[0].__anext__()
+            except RayActorError:
+                await asyncio.sleep(0.5 * (attempt + 1))
+        held[:] = [self.model.options(stream=True).stream.remote(decoded)]
+        return await held[0].__anext__()  # the last try: its failure is the answer
+
+    async def _events(self, first: dict, events, t0: float, deadline: float):
+        """The model's events for ``http.sse``: the result with its ``total_s``, a failure as ``{"error"}``."""
+        event = first
+        try:
+            while "delta" in event:
+                yield event
+                event = await asyncio.wait_for(events.__anext__(), timeout=max(0.0, deadline - time.perf_counter()))
+        except TimeoutError:
+            event = {"error": f"the analysis took longer than {self.args.request_timeout_s} s"}
+        except Exception as exc:  # noqa: BLE001 - the stream began: its failure is an error event
+            event = {"error": f"the model failed on this clip: {type(exc).__name__}: {str(exc)[:300]}"}
+        if "result" in event:
+            result = event["result"]
+            if result.pop("status") != "ok":
+                event = {"error": f"the model failed on this clip: {result['error']}"}
+            else:
+                result.pop("error")
+                result["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+        yield event
 
     async def _on_a_live_replica(self, decoded: dict) -> dict:
         """The Model's answer; a replica lost with the request on it (``RayActorError``: its actor or node died) is
@@ -175,13 +250,17 @@ class Ingress:
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
-        """OpenAI chat shape: user content parts ``text`` (the clip's subtitle) and ``video_url``."""
+        """OpenAI chat shape: user content parts ``text`` (the clip's subtitle) and ``video_url``; with
+        ``stream: true`` the description streams as it is generated."""
         try:
             body = http.json_body(await self._body(request))
-            result = await self._analyze(self._media(*http.chat_request(body)))
+            clip = self._media(*http.chat_request(body))
+            if body.get("stream"):
+                return await self._stream(clip)
+            result = await self._analyze(clip)
         except http.CLIENT_ERRORS as exc:
             return http.error_response(exc)
-        return http.chat_answer(result, self.args.model_name, bool(body.get("stream")))
+        return http.chat_answer(result, self.args.model_name)
 
 
 def build_app(args: dict):

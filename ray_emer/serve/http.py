@@ -17,6 +17,7 @@ from typing import NotRequired, TypedDict
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from ray_emer.serve import security
 
@@ -183,31 +184,69 @@ def models_list(model: str) -> dict:
     return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "ray_emer"}]}
 
 
-def chat_answer(result: Analysis, model: str, stream: bool) -> ChatCompletion | StreamingResponse:
-    """An analysis -> the assistant's message (description, then the emotions), whole or as SSE chunks."""
-    content = (f"{result['description']}\n\nEmotions: {', '.join(result['labels'])} "
-               f"(sentiment: {result['sentiment']})")
-    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    extra = {"labels": result["labels"], "sentiment": result["sentiment"], "timings": result["timings"]}
-    if stream:
-        return StreamingResponse(sse(rid, created, model, content, extra), media_type="text/event-stream")
+def chat_content(result: Analysis) -> str:
+    """The assistant's message: the description, then the emotions."""
+    return f"{result['description']}{emotions_line(result)}"
+
+
+def emotions_line(result: Analysis) -> str:
+    return f"\n\nEmotions: {', '.join(result['labels'])} (sentiment: {result['sentiment']})"
+
+
+def extra(result: Analysis) -> dict:
+    return {"labels": result["labels"], "sentiment": result["sentiment"], "timings": result["timings"]}
+
+
+def chat_id() -> tuple[str, int]:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+
+def chat_answer(result: Analysis, model: str) -> ChatCompletion:
+    """An analysis -> the whole chat completion (a stream is ``sse``'s)."""
+    content = chat_content(result)
+    rid, created = chat_id()
     return {"id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": len(content.split()),
                       "total_tokens": len(content.split())},
-            "ray_emer": extra}
+            "ray_emer": extra(result)}
 
 
-async def sse(rid: str, created: int, model: str, content: str, extra: dict) -> AsyncIterator[str]:
-    """Server-sent events in the OpenAI chunk shape: the role, the content in pieces, the stop, [DONE]."""
+async def sse(rid: str, created: int, model: str, events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    """Analysis events -> server-sent events in the OpenAI chunk shape: the role first, a content chunk per
+    ``{"delta": text}``, for ``{"result": analysis}`` the emotions line as the last content, then the stop
+    with the ``ray_emer`` extra (labels, sentiment, timings), then ``[DONE]``. ``{"error": message}`` (a
+    failure after the stream began) is an ``{"error": {...}}`` event (the ``openai`` client raises it), then
+    ``[DONE]``: a stream always ends."""
     def chunk(delta: dict, finish: str | None = None, **more) -> str:
         body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    words = content.split(" ")
-    for i in range(0, len(words), 8):
-        yield chunk({"content": " ".join(words[i:i + 8]) + (" " if i + 8 < len(words) else "")})
-    yield chunk({}, "stop", ray_emer=extra)
+    async for event in events:
+        if "delta" in event:
+            yield chunk({"content": event["delta"]})
+        elif "result" in event:
+            yield chunk({"content": emotions_line(event["result"])})
+            yield chunk({}, "stop", ray_emer=extra(event["result"]))
+            break
+        else:
+            yield f"data: {json.dumps({'error': {'message': event['error'], 'type': 'server_error'}})}\n\n"
+            break
     yield "data: [DONE]\n\n"
+
+
+def stream_response(model: str, events: AsyncIterator[dict], on_close) -> StreamingResponse:
+    """``sse`` of ``events`` as the answer; ``on_close()`` (run once only) runs when its last event is out, before
+    the answer ends, or when the client left (also before the stream began: the background task)."""
+    rid, created = chat_id()
+
+    async def body():
+        try:
+            async for piece in sse(rid, created, model, events):
+                yield piece
+        finally:
+            on_close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(on_close))

@@ -58,6 +58,8 @@ def server(ray_local, synth_archive, tmp_path_factory):
     serve.run(build_app({**base, "request_timeout_s": 0.05}), name="strict", route_prefix="/strict")
     serve.run(build_app({**base, "max_inflight": 1, "labeller": {"description_tokens": 160, "label_tokens": 32}}),
               name="busy", route_prefix="/busy")
+    serve.run(build_app({**base, "max_duration_s": 30.0, "segment": {"min_s": 2.0, "max_s": 6.0}}), name="long",
+              route_prefix="/long")
     try:
         yield {"url": f"http://127.0.0.1:{port}", "root": root}
     finally:
@@ -236,6 +238,67 @@ def test_openai_client_plain_and_streaming(server, clip):
     assert [m.id for m in client.models.list()] == ["ray-emer"]
 
 
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> dict:
+    from ray_emer.synthetic import SynthConfig
+    from ray_emer.synthetic_recording import write_recording
+
+    return write_recording(str(tmp_path_factory.mktemp("long") / "talk.mp4"),
+                           SynthConfig(seed=8, min_duration_s=2.5, max_duration_s=4.0), 20, subtitles=False)
+
+
+def _sse(response: requests.Response) -> list[tuple[float, object]]:
+    """(arrival time, the parsed event or "[DONE]") of each server-sent event."""
+    import json
+
+    out = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: "):
+            data = line[6:].decode()
+            out.append((time.perf_counter(), data if data == "[DONE]" else json.loads(data)))
+    return out
+
+
+def test_a_long_upload_answers_a_timeline_and_streams_its_segments(server, recording):
+    import openai
+
+    url, path = f"{server['url']}/long", Path(recording["path"])
+    whole = _upload(url, path)
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    assert {"description", "labels", "sentiment", "timings", "timeline"} <= set(body)
+    timeline = body["timeline"]
+    assert len(timeline) >= 4 and body["description"].startswith(f"Summary of {len(timeline)} segments")
+    assert all(set(s) == {"start_s", "end_s", "description", "labels", "sentiment", "subtitle"} for s in timeline)
+    assert timeline[0]["start_s"] == 0.0 and all(a["end_s"] == b["start_s"] for a, b in zip(timeline, timeline[1:]))
+    assert timeline[-1]["end_s"] == pytest.approx(recording["duration_s"], abs=0.2)
+    assert all(2.0 - 1e-6 <= s["end_s"] - s["start_s"] <= 6.0 + 1e-6 for s in timeline)
+    assert set(body["labels"]) <= {label for s in timeline for label in s["labels"]}
+    with open(path, "rb") as fh:
+        streamed = requests.post(f"{url}/v1/analyze?stream=1", headers=_auth(), stream=True, timeout=120,
+                                 files={"file": (path.name, fh, "video/mp4")})
+        events = _sse(streamed)
+    segments = [(t, e["segment"]) for t, e in events if isinstance(e, dict) and "segment" in e]
+    (t_result, result), = [(t, e["result"]) for t, e in events if isinstance(e, dict) and "result" in e]
+    assert events[-1][1] == "[DONE]" and [s for _, s in segments] == result["timeline"] == timeline  # greedy
+    assert segments[0][0] < t_result  # the first segment came before the whole answer
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    url_part = {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," +
+                                                   base64.b64encode(path.read_bytes()).decode()}}
+    chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="ray-emer", messages=[{"role": "user", "content": [url_part]}], stream=True)]
+    lines = [line for line in "".join(chunks).split("\n") if line.startswith("[")]
+    assert len(lines) == len(timeline) and lines[0].startswith("[0:00.0-")
+    too_long = _upload(f"{server['url']}/long", Path(write_long(server["root"] / "long.mp4", 35)))
+    assert too_long.status_code == 400 and "too_long" in too_long.json()["error"]
+
+
+def write_long(path: Path, seconds: int) -> str:
+    frames = [np.full((32, 32, 3), 90, np.uint8)] * (seconds * 4)
+    path.write_bytes(encode_clip(frames, None, fps=4))
+    return str(path)
+
+
 def test_demo_page_in_headless_chromium(server, clip, chrome, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -255,6 +318,26 @@ def test_demo_page_in_headless_chromium(server, clip, chrome, tmp_path):
     assert description == direct["description"] and chips == direct["labels"]
     assert len(frames) == 8 and all(w > 0 for w in frames)  # the clip's frames rendered
     assert shot.stat().st_size > 20_000
+
+
+def test_demo_page_draws_a_long_uploads_timeline(server, recording, chrome, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chrome.get(f"{server['url']}/long/")
+    chrome.find_element(By.ID, "key").send_keys(KEY)
+    chrome.find_element(By.ID, "clip").send_keys(recording["path"])
+    chrome.find_element(By.ID, "go").click()
+    WebDriverWait(chrome, 120).until(lambda b: b.execute_script("return document.body.dataset.done") == "1")
+    boxes = chrome.find_elements(By.CSS_SELECTOR, "#strip .segment")
+    thumbs = chrome.execute_script("return [...document.querySelectorAll('#thumbs img')].map(i => i.naturalWidth)")
+    assert len(boxes) >= 4 and len(thumbs) == len(boxes) and all(w > 0 for w in thumbs)
+    assert len(chrome.find_elements(By.CSS_SELECTOR, "#valence polyline")) == 1
+    boxes[1].click()
+    detail = chrome.find_element(By.ID, "segment").text
+    direct = _upload(f"{server['url']}/long", Path(recording["path"])).json()["timeline"][1]
+    assert detail.startswith(f"{direct['start_s']:.1f}-{direct['end_s']:.1f} s") and direct["description"] in detail
+    chrome.save_screenshot(str(tmp_path / "timeline.png"))
 
 
 def test_ray_emer_serve_cli_generates_a_key_and_stops_on_sigterm(server, clip, tmp_path):

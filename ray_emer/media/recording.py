@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import queue
+import threading
 from collections import deque
 from collections.abc import Iterator
 
@@ -54,9 +56,9 @@ def _scaled(frame: av.VideoFrame, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top:top + size, left:left + size])
 
 
-def _video_events(path: str, size: int, stats: DecodeStats) -> Iterator[tuple[float, int, tuple]]:
-    """(t, 0, (thumbnail for the shot detector, the frame at ``size`` or None)) per decoded frame: every frame
-    is compared for cuts, ``MAX_FPS`` of them a second are kept for the segments."""
+def _video_events(path: str, size: int, stats: DecodeStats, shots: ShotFinder) -> Iterator[tuple[float, int, tuple]]:
+    """(t, 0, (the frame at ``size`` or None, shot cuts found)) per decoded frame: every frame is compared for
+    cuts (as a thumbnail), ``MAX_FPS`` of them a second are kept for the segments."""
     with open_container(path) as container:
         stream = container.streams.video[0]
         if (stream.codec_context.width or 0) >= 640:  # frame threads pay off on large frames only
@@ -71,10 +73,11 @@ def _video_events(path: str, size: int, stats: DecodeStats) -> Iterator[tuple[fl
             keep = kept < 0 or t >= kept + 1 / MAX_FPS - 1e-6
             if keep:
                 kept = t
-            yield t, 0, (small, _scaled(frame, size) if keep else None)
+            yield t, 0, (_scaled(frame, size) if keep else None, shots.feed(t, small))
 
 
-def _audio_events(path: str, stats: DecodeStats) -> Iterator[tuple[float, int, np.ndarray]]:
+def _audio_events(path: str, stats: DecodeStats, pauses: PauseFinder) -> Iterator[tuple[float, int, tuple]]:
+    """(t, 1, (16 kHz mono samples, ends of speech found)) per resampled chunk."""
     with open_container(path) as container:
         if not container.streams.audio:
             return
@@ -85,8 +88,43 @@ def _audio_events(path: str, stats: DecodeStats) -> Iterator[tuple[float, int, n
                 resampler, setup = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE), frame_setup
             for out in resampler.resample(frame):
                 chunk = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                yield n / SAMPLE_RATE, 1, chunk
+                yield n / SAMPLE_RATE, 1, (chunk, pauses.feed(chunk))
                 n += len(chunk)
+
+
+def _ahead(events: Iterator, depth: int = 256) -> Iterator:
+    """``events`` produced by a thread of their own, ``depth`` ahead at most: the video and the audio stream decode
+    at once (PyAV and torch release the GIL while they compute), memory stays bounded."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def run() -> None:
+        try:
+            for item in events:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the reading thread
+            items.put((done, exc))
+
+    thread = threading.Thread(target=run, daemon=True, name="ray_emer-decode")
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item[0] is done:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 class _Buffers:
@@ -138,16 +176,14 @@ def stream_segments(video_path: str, info: Probe, media, seg: SegmentConfig,
     audio_file = audio_path or video_path
     with open_container(audio_file) as probe_audio:
         has_audio_stream = bool(probe_audio.streams.audio)
-    events = []
-    if info.has_video:
-        events.append(_video_events(video_path, size, vstats))
-    elif not media.allow_audio_only:
+    if not info.has_video and not media.allow_audio_only:
         raise MediaError(video_path, "no_video_stream", "the file has no video track")
+    events = []  # each stream decodes (and is searched for cuts) in a thread of its own
+    if info.has_video:
+        events.append(_ahead(_video_events(video_path, size, vstats, ShotFinder(seg, info.fps or 25.0))))
     if has_audio_stream:
-        events.append(_audio_events(audio_file, astats))
+        events.append(_ahead(_audio_events(audio_file, astats, PauseFinder(seg))))
     cutter, buf = Cutter(seg), _Buffers()
-    pauses = PauseFinder(seg) if has_audio_stream else None
-    shots = ShotFinder(seg, info.fps or 25.0) if info.has_video else None
     held: tuple[float, float] | None = None
     used, skipped_seen, now, last_video = 0, 0, 0.0, None
 
@@ -176,14 +212,12 @@ def stream_segments(video_path: str, info: Probe, media, seg: SegmentConfig,
         now = t
         if kind == 0:
             last_video = t
-            if data[1] is not None:
-                buf.frames.append((t, data[1]))
-            for c in shots.feed(t, data[0]):
-                cutter.candidate(c)
+            if data[0] is not None:
+                buf.frames.append((t, data[0]))
         else:
-            buf.add_audio(data)
-            for end in pauses.feed(data):
-                cutter.candidate(end)
+            buf.add_audio(data[0])
+        for c in data[1]:  # shot cuts, or ends of speech
+            cutter.candidate(c)
         cutter.advance(now)
         while used < len(cutter.cuts):  # a new cut: the held segment is final, the one it closes is held
             start = cutter.cuts[used - 1] if used else 0.0

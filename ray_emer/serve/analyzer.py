@@ -11,26 +11,28 @@ Both reuse the extraction and labelling code, so a served answer equals the bulk
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from collections.abc import Iterator
 
 import cv2
 import numpy as np
 
 from ray_emer.features.columns import to_columns
-from ray_emer.features.decode import decode_row
+from ray_emer.features.decode import decode_row, decode_rows
 from ray_emer.features.encoder import FeatureEncoder
 from ray_emer.infer.labeller import Labeller, LabellerConfig
-from ray_emer.media import MediaConfig
+from ray_emer.media import MediaConfig, probe
+from ray_emer.media.segments import SegmentConfig
 
 
-def decode_media(video: bytes | str, suffix: str = ".mp4", audio: bytes | None = None, audio_suffix: str = ".wav",
-                 subtitle: str | None = None, media: MediaConfig | None = None) -> dict:
-    """Bytes of an upload (or an already-allowed URI) -> a decoded row with ``status``/``error``."""
-    media = media or MediaConfig()
+@contextlib.contextmanager
+def _upload_files(video: bytes | str, suffix: str, audio: bytes | None, audio_suffix: str):
+    """The upload's bytes as temporary files (an allowed URI is used as it is) -> (video path, audio path)."""
     with tempfile.TemporaryDirectory(prefix="ray_emer-upload-") as tmp:
         if isinstance(video, bytes):
             path = os.path.join(tmp, "clip" + (suffix if suffix.startswith(".") else "." + suffix))
@@ -43,8 +45,41 @@ def decode_media(video: bytes | str, suffix: str = ".mp4", audio: bytes | None =
             audio_path = os.path.join(tmp, "audio" + audio_suffix)
             with open(audio_path, "wb") as fh:
                 fh.write(audio)
+        yield path, audio_path
+
+
+def _is_recording(path: str, media: MediaConfig, seg: SegmentConfig | None) -> bool:
+    """Longer than ``seg.max_s`` and within ``media.max_duration_s`` (else the clip path answers, or says why)."""
+    if seg is None or seg.mode == "off":
+        return False
+    try:
+        duration = probe(path).duration_s
+    except Exception:  # noqa: BLE001 - decode_row names what is wrong with the file
+        return False
+    return seg.segments(duration) and duration <= media.max_duration_s
+
+
+def decode_media(video: bytes | str, suffix: str = ".mp4", audio: bytes | None = None, audio_suffix: str = ".wav",
+                 subtitle: str | None = None, media: MediaConfig | None = None,
+                 seg: SegmentConfig | None = None) -> dict:
+    """Bytes of an upload (or an already-allowed URI) -> a decoded row with ``status``/``error``; an upload longer
+    than ``seg.max_s`` is not decoded here: ``{"status": "recording"}`` (its segments come from
+    ``decode_segments``)."""
+    media = media or MediaConfig()
+    with _upload_files(video, suffix, audio, audio_suffix) as (path, audio_path):
+        if _is_recording(path, media, seg):
+            return {"status": "recording", "error": ""}
         rec = {"clip_id": "request", "video_uri": path, "audio_uri": audio_path, "subtitle": subtitle or None}
         return decode_row(rec, media)
+
+
+def decode_segments(video: bytes | str, suffix: str, audio: bytes | None, audio_suffix: str, media: MediaConfig,
+                    seg: SegmentConfig) -> Iterator[dict]:
+    """A long upload -> its decoded segment rows, each as soon as it is cut (one streamed decode). A whole-file
+    subtitle cannot be placed in time: segments go without one."""
+    with _upload_files(video, suffix, audio, audio_suffix) as (path, audio_path):
+        rec = {"clip_id": "request", "video_uri": path, "audio_uri": audio_path, "subtitle": None}
+        yield from decode_rows(rec, media, None, seg)
 
 
 def thumbnails(frames: np.ndarray, size: int = 96) -> list[str]:

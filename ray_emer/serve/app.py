@@ -1,16 +1,15 @@
 """The Ray Serve application: ``build_app(args)`` (what ``serve_config.yaml`` imports) and its deployments.
 
     Ingress (FastAPI: auth, limits, URIs, the OpenAI shape, the demo page)
-      -> Decoder (CPU: media decoding of the upload or an allowed URI)
+      -> Decoder (CPU: decoding of the upload or an allowed URI; a long one's segments as they are cut)
       -> Model (frozen encoders + head + engine, requests batched with ``serve.batch``;
                 one GPU per replica when ``use_gpu``, a fraction of a CPU otherwise)
 
-Secure by default: a bearer API key on every route but ``/healthz`` and the page's HTML
-(generated and printed when none is configured; turning auth off takes ``auth: false``),
-a body-size limit (413) enforced while the body streams in, a duration limit (400), a
-server-side timeout no client header can lift (504), URI rules against SSRF (403), a
-bounded number of requests in flight per ingress replica (429 with ``Retry-After``), and
-a 400 with the decoding reason for anything that is not a decodable clip.
+Secure by default: a bearer API key on every route but ``/healthz`` and the page's HTML (generated and
+printed when none is configured; ``auth: false`` turns it off), a body-size limit (413) enforced while the
+body streams in, a duration limit (400), a server-side timeout no client header can lift (504), URI rules
+against SSRF (403), a bounded number of requests in flight per ingress replica (429 with ``Retry-After``),
+and a 400 with the decoding reason for anything that is not a decodable clip.
 
 The settings are ``settings.ServeArgs`` (each application's own, passed to its Ingress), the request and
 answer shapes live in ``http``, the refusals in ``security``: this module wires them into deployments.
@@ -27,8 +26,10 @@ from ray.exceptions import RayActorError
 
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
+from ray_emer.media.segments import SegmentConfig
 from ray_emer.serve import http, security
-from ray_emer.serve.analyzer import ClipModel, decode_media, thumbnails
+from ray_emer.serve.analyzer import ClipModel, decode_media, decode_segments, thumbnails
+from ray_emer.serve.recordings import recording_answer, segment_line, timeline_entries
 from ray_emer.serve.page import DEMO_PAGE
 from ray_emer.serve.settings import ServeArgs, api_key, resolve_args
 
@@ -42,12 +43,16 @@ REPLICA_LOSS_RETRIES = 2
 # ---------------------------------------------------------------- deployments
 @serve.deployment(name="Decoder")
 class Decoder:
-    def __init__(self, media: MediaConfig) -> None:
-        self.media = media
+    def __init__(self, media: MediaConfig, seg: SegmentConfig) -> None:
+        self.media, self.seg = media, seg
 
     def decode(self, video: bytes | str, suffix: str, audio: bytes | None, audio_suffix: str,
                subtitle: str | None) -> dict:
-        return decode_media(video, suffix, audio, audio_suffix, subtitle, self.media)
+        return decode_media(video, suffix, audio, audio_suffix, subtitle, self.media, self.seg)
+
+    def segments(self, video: bytes | str, suffix: str, audio: bytes | None, audio_suffix: str):
+        """A long upload's decoded segments, each as soon as it is cut (called with ``stream=True``)."""
+        yield from decode_segments(video, suffix, audio, audio_suffix, self.media, self.seg)
 
 
 @serve.deployment(name="Model")
@@ -120,19 +125,27 @@ class Ingress:
         self._admit()
         t0 = time.perf_counter()
         try:
-            decoded, result = await asyncio.wait_for(self._run(clip), timeout=self.args.request_timeout_s)
+            decoded, result = await asyncio.wait_for(self._run(clip, frames), timeout=self.args.request_timeout_s)
         except TimeoutError as exc:
             raise http.HTTPError(504, f"the analysis took longer than {self.args.request_timeout_s} s") from exc
         finally:
             self.inflight -= 1
         result["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-        if frames:
+        if frames and decoded is not None:
             result["frames"] = thumbnails(decoded["frames"])
         return result
 
-    async def _run(self, clip: http.ClipRequest) -> tuple[dict, dict]:
+    def _timeline(self, clip: http.ClipRequest, frames: bool = False):
+        """A long upload's timeline segments, each as soon as it and those before it are labelled."""
+        rows = self.decoder.options(stream=True).segments.remote(clip.video, clip.suffix, clip.audio,
+                                                                 clip.audio_suffix)
+        return timeline_entries(rows, self._on_a_live_replica, frames)
+
+    async def _run(self, clip: http.ClipRequest, frames: bool = False) -> tuple[dict | None, dict]:
         decoded = await self.decoder.decode.remote(clip.video, clip.suffix, clip.audio, clip.audio_suffix,
                                                    clip.subtitle)
+        if decoded["status"] == "recording":
+            return None, recording_answer([s async for s in self._timeline(clip, frames)], 0.0)
         if decoded["status"] != "ok":
             raise http.HTTPError(400, f"cannot decode the clip: {decoded['error']}")
         result = await self._on_a_live_replica(decoded)
@@ -173,6 +186,8 @@ class Ingress:
         except BaseException:
             release()
             raise
+        if "recording" in first:  # a long upload: its segments as lines, as they are labelled
+            return http.stream_response(self.args.model_name, self._segment_events(clip, True, True), release)
         return http.stream_response(self.args.model_name, self._events(first, held[0], t0, deadline), release)
 
     async def _first_event(self, clip: http.ClipRequest, held: list) -> dict:
@@ -180,6 +195,8 @@ class Ingress:
         and read that first event."""
         decoded = await self.decoder.decode.remote(clip.video, clip.suffix, clip.audio, clip.audio_suffix,
                                                    clip.subtitle)
+        if decoded["status"] == "recording":
+            return {"recording": True}
         if decoded["status"] != "ok":
             raise http.HTTPError(400, f"cannot decode the clip: {decoded['error']}")
         for attempt in range(REPLICA_LOSS_RETRIES):
@@ -210,6 +227,47 @@ class Ingress:
                 result.pop("error")
                 result["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
         yield event
+
+    async def _segment_events(self, clip: http.ClipRequest, chat: bool, recording: bool = False):
+        """A long upload streamed: each segment as an event once labelled (a chat answer: as a line of text),
+        then the whole answer. A short clip: its analysis as the one event."""
+        t0, deadline = time.perf_counter(), time.perf_counter() + self.args.request_timeout_s
+        try:
+            if not recording:
+                probe = await self.decoder.decode.remote(clip.video, clip.suffix, clip.audio, clip.audio_suffix,
+                                                         clip.subtitle)
+                recording = probe["status"] == "recording"
+            if recording:
+                segments, entries = [], self._timeline(clip)
+                while True:
+                    left = max(0.0, deadline - time.perf_counter())
+                    try:
+                        segment = await asyncio.wait_for(entries.__anext__(), timeout=left)
+                    except StopAsyncIteration:
+                        break
+                    segments.append(segment)
+                    yield {"delta": segment_line(segment)} if chat else {"segment": segment}
+                result = recording_answer(segments, time.perf_counter() - t0)
+            else:
+                _, result = await asyncio.wait_for(self._run(clip), timeout=self.args.request_timeout_s)
+                result["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+            yield {"result": result}
+        except TimeoutError:
+            yield {"error": f"the analysis took longer than {self.args.request_timeout_s} s"}
+        except http.HTTPError as exc:
+            yield {"error": exc.message}
+        except Exception as exc:  # noqa: BLE001 - the stream began: its failure is an error event
+            yield {"error": f"the analysis failed: {type(exc).__name__}: {str(exc)[:300]}"}
+
+    def _events_response(self, clip: http.ClipRequest):
+        """``/v1/analyze?stream=1``: SSE ``{"segment"}`` ..., ``{"result"}`` (or ``{"error"}``), ``[DONE]``."""
+        self._admit()
+        released = []
+
+        def release() -> None:  # once: at the end of the answer, or when the client left
+            if not released and not released.append(True):
+                self.inflight -= 1
+        return http.event_stream(self._segment_events(clip, chat=False), release)
 
     async def _on_a_live_replica(self, decoded: dict) -> dict:
         """The Model's answer; a replica lost with the request on it (``RayActorError``: its actor or node died) is
@@ -244,6 +302,8 @@ class Ingress:
                 clip = await http.clip_from_form(await request.form(max_part_size=self.args.max_bytes))
             else:
                 clip = self._media(*http.analyze_request(http.json_body(await self._body(request))))
+            if request.query_params.get("stream") in ("1", "true"):
+                return self._events_response(clip)
             return await self._analyze(clip, frames)
         except http.CLIENT_ERRORS as exc:
             return http.error_response(exc)
@@ -282,7 +342,7 @@ def build_app_with(args: dict | ServeArgs, deployment_options: dict | None = Non
         given = {k: v for k, v in (deployment_options or {}).get(name, {}).items() if k != "name"}
         return {**given, "ray_actor_options": {**actor[name], **given.get("ray_actor_options", {})}}
 
-    decoder = Decoder.options(**options("Decoder")).bind(media)
+    decoder = Decoder.options(**options("Decoder")).bind(media, cfg.segment)
     model = Model.options(**options("Model")).bind(cfg.checkpoint, cfg.labeller, media, cfg.max_batch_size,
                                                    cfg.batch_wait_s)
     return Ingress.options(**options("Ingress")).bind(decoder, model, cfg, key)

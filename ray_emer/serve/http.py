@@ -163,8 +163,9 @@ class Analysis(TypedDict):
     description: str
     labels: list[str]
     sentiment: str
-    timings: dict  # decode_s, encode_s, generate_s, model_s, batch, total_s
+    timings: dict  # decode_s, encode_s, generate_s, model_s, batch, total_s (a recording: segments, total_s, ...)
     frames: NotRequired[list[str]]
+    timeline: NotRequired[list[dict]]  # a recording longer than segment.max_s: its segments, in time order
 
 
 class ChatCompletion(TypedDict):
@@ -194,7 +195,11 @@ def emotions_line(result: Analysis) -> str:
 
 
 def extra(result: Analysis) -> dict:
-    return {"labels": result["labels"], "sentiment": result["sentiment"], "timings": result["timings"]}
+    """The ``ray_emer`` part of a chat answer: labels, sentiment, timings (and a recording's timeline)."""
+    out = {"labels": result["labels"], "sentiment": result["sentiment"], "timings": result["timings"]}
+    if "timeline" in result:
+        out["timeline"] = result["timeline"]
+    return out
 
 
 def chat_id() -> tuple[str, int]:
@@ -246,6 +251,20 @@ def stream_response(model: str, events: AsyncIterator[dict], on_close) -> Stream
         try:
             async for piece in sse(rid, created, model, events):
                 yield piece
+        finally:
+            on_close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(on_close))
+
+
+def event_stream(events: AsyncIterator[dict], on_close) -> StreamingResponse:
+    """``/v1/analyze?stream=1``: each event (``{"segment"}``, ``{"result"}``, ``{"error"}``) as a server-sent event,
+    then ``[DONE]``; ``on_close()`` as in ``stream_response``."""
+    async def body():
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+            yield "data: [DONE]\n\n"
         finally:
             on_close()
 

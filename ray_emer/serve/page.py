@@ -1,5 +1,7 @@
 """The demo page served at ``GET /``: choose a clip, see its frames, the description, the labels and the
-sentiment. Static HTML (no key inside it); the page asks for the API key and sends it as a bearer token."""
+sentiment; a long recording's timeline as a strip of segments (sentiment colour, valence line, the frame of each;
+a click shows a segment's explanation). Static HTML (no key inside it); the page asks for the API key and
+sends it as a bearer token."""
 
 DEMO_PAGE = """<!doctype html>
 <html lang="en">
@@ -16,6 +18,10 @@ DEMO_PAGE = """<!doctype html>
   #sentiment { font-weight: 700; } #error { color: #b00020; white-space: pre-wrap; }
   #result { display: none; margin-top: 1.2rem; border-top: 1px solid #ddd; padding-top: 1rem; }
   .muted { color: #777; font-size: .85rem; }
+  #strip { display: flex; height: 2.4rem; margin-top: .5rem; } #strip div { cursor: pointer; overflow: hidden;
+    color: #fff; font-size: .7rem; padding: .2rem; border-right: 1px solid #fff; box-sizing: border-box; }
+  #thumbs { display: flex; } #thumbs img { height: 48px; min-width: 0; flex: 1 1 0; object-fit: cover; cursor: pointer; }
+  #segment { border-left: 3px solid #ccc; padding-left: .6rem; }
 </style>
 </head>
 <body>
@@ -33,6 +39,9 @@ and names the emotions.</p>
   <h2>What</h2><div id="labels"></div>
   <p>Sentiment: <span id="sentiment"></span></p>
   <p class="muted" id="timings"></p>
+  <div id="timeline" style="display:none"><h2>Timeline</h2><div id="strip"></div>
+    <svg id="valence" width="100%" height="40" viewBox="0 0 1000 40" preserveAspectRatio="none"></svg>
+    <div id="thumbs"></div><p id="segment" class="muted">Click a segment to read its explanation.</p></div>
 </div>
 <script>
 const $ = (id) => document.getElementById(id);
@@ -57,12 +66,36 @@ $("go").addEventListener("click", async () => {
     $("labels").innerHTML = "";
     for (const lab of data.labels) { const s = document.createElement("span"); s.className = "chip"; s.textContent = lab; $("labels").appendChild(s); }
     $("sentiment").textContent = data.sentiment;
-    $("timings").textContent = "total " + data.timings.total_s + " s (decode " + data.timings.decode_s + " s, model " + data.timings.model_s + " s)";
+    const t = data.timings;
+    $("timings").textContent = data.timeline ? "total " + t.total_s + " s for " + t.segments + " segments"
+      : "total " + t.total_s + " s (decode " + t.decode_s + " s, model " + t.model_s + " s)";
+    drawTimeline(data.timeline || []);
     $("result").style.display = "block";
     document.body.dataset.done = "1";
   } catch (e) { $("error").textContent = String(e); }
   finally { $("go").disabled = false; $("go").textContent = "Analyze"; }
 });
+const COLOUR = {positive: "#3a9d5d", negative: "#c8453b", neutral: "#8c8c8c"};
+const VALENCE = {positive: 1, negative: -1, neutral: 0};
+function drawTimeline(segments) {
+  $("timeline").style.display = segments.length ? "block" : "none";
+  $("strip").innerHTML = ""; $("thumbs").innerHTML = ""; $("valence").innerHTML = "";
+  if (!segments.length) return;
+  const total = segments[segments.length - 1].end_s, points = [];
+  const show = (s) => { $("segment").textContent = s.start_s.toFixed(1) + "-" + s.end_s.toFixed(1) + " s: " +
+    (s.labels.join(", ") || "no emotion") + " (" + (s.sentiment || "-") + "). " + (s.description || s.error || ""); };
+  for (const s of segments) {
+    const share = (s.end_s - s.start_s) / total, box = document.createElement("div");
+    box.style.flex = share + " 1 0"; box.style.background = s.error ? "#222" : (COLOUR[s.sentiment] || "#444");
+    box.textContent = s.labels[0] || ""; box.title = s.labels.join(", "); box.className = "segment";
+    box.addEventListener("click", () => show(s)); $("strip").appendChild(box);
+    if (s.frame) { const img = document.createElement("img"); img.src = s.frame; img.style.flex = share + " 1 0";
+      img.addEventListener("click", () => show(s)); $("thumbs").appendChild(img); }
+    points.push(((s.start_s + s.end_s) / 2 / total * 1000).toFixed(1) + "," + (20 - 16 * (VALENCE[s.sentiment] || 0)));
+  }
+  $("valence").innerHTML = '<line x1="0" x2="1000" y1="20" y2="20" stroke="#bbb" stroke-dasharray="4 4"/>' +
+    '<polyline fill="none" stroke="#2b5fa8" stroke-width="2" points="' + points.join(" ") + '"/>';
+}
 </script>
 </body>
 </html>

@@ -12,6 +12,7 @@ from typing import Literal
 from ray_emer.config import from_dict
 from ray_emer.infer.labeller import LabellerConfig
 from ray_emer.media import MediaConfig
+from ray_emer.media.segments import SegmentConfig
 from ray_emer.registry import is_model_uri, resolve_checkpoint
 from ray_emer.serve import security
 
@@ -39,6 +40,8 @@ class ServeArgs:
     max_batch_size: int = 8  # requests per model call
     batch_wait_s: float = 0.02
     labeller: LabellerConfig = dataclasses.field(default_factory=lambda: LabellerConfig(batch_size=8))
+    # uploads longer than segment.max_s (up to max_duration_s): a timeline of segments; mode off: one clip
+    segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
 
     @property
     def max_bytes(self) -> int:

@@ -193,6 +193,7 @@ def test_a_resumed_run_must_have_the_same_reference(stage2, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~2 min; the supervised stage's crash and resume on Ray Train runs in the default tier
 @pytest.mark.timeout(600)
 def test_ray_train_two_workers_crash_resume_with_the_same_reference(ray_local, stage2, tmp_path):
     """Ray Train + FSDP2 (2 CPU workers): rank 1 dies after step 3; the group resumes from the step-2 checkpoint,

@@ -54,6 +54,7 @@ def test_a_label_job_loses_two_nodes_and_keeps_every_clip_once(s3_bucket, tmp_pa
     assert s["rows"] == s["clips"] == s["ok"] == 24 and s["error"] == 0 and s["nodes_lost"] == 2
 
 
+@pytest.mark.slow  # two Ray Train runs on a 4-node cluster; the data jobs' and endpoint's node loss run by default
 @pytest.mark.timeout(560)  # two Ray Train runs: ~2 min on an idle 2-core box, 4-5 min on a busy one
 def test_a_training_stage_loses_a_ranks_node_and_resumes_on_the_others(tmp_path):
     """Two ranks on two nodes; rank 1's node is removed after step 4 (checkpoint at step 3). The fixed-size group

@@ -350,6 +350,7 @@ def test_label_evaluate(matrix):
 QUICK = {"coarse": CLIPS, "clean": CLIPS, "heldout": 6}
 
 
+@pytest.mark.slow  # ~1.5 min; each of its steps on S3 is in the matrix above
 @pytest.mark.timeout(600)
 def test_quickstart_out_s3(matrix):
     from ray_emer.model.checkpoint import checkpoint_id

@@ -162,3 +162,38 @@ def test_the_timeline_page_draws_segments_and_shows_a_description_on_click(chrom
     chrome.find_elements(By.CSS_SELECTOR, "svg .seg")[1].click()
     assert chrome.find_element(By.ID, "description").text == "d1"
     assert "sad (negative)" in chrome.find_element(By.ID, "detail").text
+
+
+def test_the_endpoint_answers_each_segment_once_labelled_in_time_order_while_cutting_goes_on():
+    import asyncio
+
+    from ray_emer.serve.recordings import timeline_entries
+
+    def row(i: int, status: str = "ok") -> dict:
+        return {"status": status, "error": "damaged: x" if status != "ok" else "",
+                "record": {"start_s": float(i), "end_s": float(i + 1), "subtitle": None}}
+
+    async def main() -> list[dict]:
+        first_out = asyncio.Event()
+
+        async def rows():
+            for i in range(3):
+                yield row(i)
+            await asyncio.wait_for(first_out.wait(), 5)  # the rest is cut once the first segment is out
+            yield row(3, "error")
+            yield row(4)
+
+        async def analyze(r: dict) -> dict:
+            i = int(r["record"]["start_s"])
+            await asyncio.sleep(0.05 * (3 - i) if i < 3 else 0)  # later segments finish first
+            return {"status": "ok", "description": f"d{i}", "labels": [f"l{i}"], "sentiment": "neutral"}
+
+        got = []
+        async for entry in timeline_entries(rows(), analyze):
+            got.append(entry)
+            first_out.set()
+        return got
+
+    got = asyncio.run(main())
+    assert [e["start_s"] for e in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [e["description"] for e in got] == ["d0", "d1", "d2", "", "d4"] and got[3]["error"] == "damaged: x"

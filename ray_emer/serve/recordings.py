@@ -42,18 +42,41 @@ async def _settle(row: dict, task: asyncio.Future | None, frame: bool) -> dict:
 
 async def timeline_entries(rows: AsyncIterator[dict], analyze: Callable[[dict], Awaitable[dict]],
                            frames: bool = False) -> AsyncIterator[dict]:
-    """Decoded segment rows as they are cut -> timeline segments in time order, each once it is labelled (with
-    ``frames``: its middle frame as a JPEG data URL, ``frame``)."""
+    """Decoded segment rows as they are cut -> timeline segments in time order, each as soon as it (and every one
+    before it) is labelled, while the decoder goes on cutting (with ``frames``: its middle frame as a JPEG data
+    URL, ``frame``). A decoder that fails raises, after the segments it cut."""
     pending: deque = deque()
+    arrived, state = asyncio.Event(), {"finished": False, "failure": None}
+
+    async def read() -> None:
+        try:
+            async for row in rows:
+                pending.append((row, asyncio.ensure_future(analyze(row)) if row["status"] == "ok" else None))
+                arrived.set()
+        except Exception as exc:  # noqa: BLE001 - raised once the segments before it are out
+            state["failure"] = exc
+        finally:
+            state["finished"] = True
+            arrived.set()
+
+    reader = asyncio.ensure_future(read())
     try:
-        async for row in rows:
-            task = asyncio.ensure_future(analyze(row)) if row["status"] == "ok" else None
-            pending.append((row, task))
-            while pending and (pending[0][1] is None or pending[0][1].done()):
-                yield await _settle(*pending.popleft(), frames)
-        while pending:
-            yield await _settle(*pending.popleft(), frames)
+        while True:
+            arrived.clear()
+            if pending:
+                row, task = pending[0]
+                if task is not None:
+                    await asyncio.wait([task])
+                pending.popleft()
+                yield await _settle(row, task, frames)
+            elif state["finished"]:
+                break
+            else:
+                await arrived.wait()
+        if state["failure"] is not None:
+            raise state["failure"]
     finally:
+        reader.cancel()
         for _, task in pending:
             if task is not None:
                 task.cancel()

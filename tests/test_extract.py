@@ -326,6 +326,7 @@ def test_the_fused_task_starts_on_torch_alone(ray_local, synth_archive, tmp_path
     from ray_emer.asr import AsrConfig
     from ray_emer.data.extraction import pending
     from ray_emer.features.encoder import effective_media, scripted_encoders
+    from ray_emer.media.segments import SegmentConfig
 
     cfg = _cfg(synth_archive / "manifest.csv", tmp_path / "f")
     media = effective_media(cfg.preset, cfg.media)
@@ -344,7 +345,7 @@ def test_the_fused_task_starts_on_torch_alone(ray_local, synth_archive, tmp_path
     # a runtime env of its own: Ray starts a new worker process for it (no pooled worker that ran other tests)
     task = ray.remote(num_cpus=0, runtime_env={"env_vars": {"RAY_EMER_TEST_FRESH_WORKER": "1"}})(probe)
     got = ray.get(task.remote(records, "tiny", media, str(tmp_path / "f"), AsrConfig(),
-                              scripted_encoders("tiny", media), 0.0, 1), timeout=120)
+                              scripted_encoders("tiny", media), SegmentConfig(), 0.0, 1), timeout=120)
     assert got == (["ok", "ok"], True, [])
     assert len(list((tmp_path / "f").glob("part-*.parquet"))) == 2  # one shard per shard_rows (1) rows
 

@@ -64,6 +64,7 @@ def test_the_fused_task_takes_arrow_rows_and_serialises_none(decoded, monkeypatc
     as JSON text on the way to its shard (the hand-off used to be one JSON string per row)."""
     from ray_emer.asr import AsrConfig
     from ray_emer.data import pipeline
+    from ray_emer.media.segments import SegmentConfig
 
     media, todo = decoded
 
@@ -73,7 +74,7 @@ def test_the_fused_task_takes_arrow_rows_and_serialises_none(decoded, monkeypatc
     pipeline._worker_encoder("tiny", media, AsrConfig(), None)  # loaded first: transformers' lazy imports use json
     monkeypatch.setattr(json, "dumps", no_json)
     monkeypatch.setattr(json, "loads", no_json)
-    out = pipeline._decode_encode_write(todo, "tiny", media, str(tmp_path), AsrConfig(), None, 0.0, 2)
+    out = pipeline._decode_encode_write(todo, "tiny", media, str(tmp_path), AsrConfig(), None, SegmentConfig(), 0.0, 2)
     monkeypatch.undo()
     assert list(out["status"]) == ["ok"] * 3 and {len(v) for v in out.values()} == {3}  # two shards, one summary
     table = shards.read_shards(str(tmp_path))

@@ -109,6 +109,9 @@ def test_hf_and_vllm_agree_on_prompt_embeddings(vllm_python, vllm_case):
     assert "expects [L, 128]" in res["wrong_hidden"]
     assert res["after_wrong_hidden"] == [vl[0]]  # the engine survives: the check runs before vLLM sees it
     assert res["vllm_dtype"] == "torch.float32"
+    # streamed from the same engine with delta outputs: token by token, joined exactly the batch's text
+    assert res["stream_texts"] == res["vllm"]["texts"][:3] and min(res["stream_pieces"]) > 3, res["stream_pieces"]
+    assert res["after_early_close"] == [vl[0]]
     # neutral penalties, greedy; the model's generation_config (repetition_penalty 1.5) is not the engine's default
     assert res["sampling"] == [1.0, 0.0, 0.0, 0.0] and res["engine_default_repetition_penalty"] == 1.0
 

@@ -43,6 +43,13 @@ def main(checkpoint: str, features: str, out: str) -> None:
                 result["wrong_hidden"] = str(exc)
             result["after_wrong_hidden"] = [g.token_ids for g in lab.engine.generate_embeds(lab.embed(mb)[:1], 24)]
             result["vllm_dtype"] = str(lab.engine.dtype)
+            embeds = lab.embed(mb)
+            streams = [list(lab.engine.stream_embeds(e, 24)) for e in embeds[:3]]  # token by token, same engine
+            result["stream_texts"], result["stream_pieces"] = ["".join(s) for s in streams], [len(s) for s in streams]
+            early = lab.engine.stream_embeds(embeds[0], 24)
+            next(early)
+            early.close()  # a consumer that leaves: the request is aborted, the engine free for the next call
+            result["after_early_close"] = [g.token_ids for g in lab.engine.generate_embeds(embeds[:1], 24)]
             sp = lab.engine.sampling_params()  # what every request carries
             result["sampling"] = [sp.repetition_penalty, sp.presence_penalty, sp.frequency_penalty, sp.temperature]
             # what vLLM would default to from the model's generation_config (the checkpoint ships a penalty)

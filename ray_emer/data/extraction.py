@@ -33,7 +33,8 @@ class ExtractConfig:
     input: str = ""  # folder, s3:// prefix, or manifest (.csv/.tsv/.parquet)
     output: str = ""  # directory / prefix receiving part-*.parquet
     preset: str = "tiny"  # model preset (or checkpoint dir) whose frozen encoders run
-    media: MediaConfig = dataclasses.field(default_factory=lambda: MediaConfig(frame_size=0))
+    # max_duration_s: longer files are error rows (too_long); recordings stream in bounded memory, hence 4 h
+    media: MediaConfig = dataclasses.field(default_factory=lambda: MediaConfig(frame_size=0, max_duration_s=14400.0))
     decode_batch_size: int = 16  # clips per decode task (split layout; fewer, larger tasks: less scheduling)
     encode_batch_size: int = 16  # clips per encoder call = rows per Parquet shard (fused: each worker's first, 1/4)
     decode_cpus: float = 0.5  # CPUs per decode task (a fused task takes decode_cpus + encoder_cpus)

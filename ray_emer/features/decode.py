@@ -84,7 +84,8 @@ def decode_rows(rec: dict, media: MediaConfig, asr: AsrConfig | None = None, seg
     """One manifest record -> its decoded rows: the clip (``decode_row``), or, for a recording longer than
     ``seg.max_s`` (``seg.mode`` auto), one row per segment as the stream is cut (``media.recording``), with
     ``clip_id`` = ``<recording_id>@<start_ms>-<end_ms>``. Every row's record carries ``recording_id``,
-    ``start_s``, ``end_s`` (a clip: itself, 0, its duration). Segments in ``skip`` are cut but not yielded (a
+    ``start_s``, ``end_s`` (a clip: itself, 0, its duration). A file over ``media.max_duration_s`` is an error row
+    (``too_long``) in either mode. Segments in ``skip`` are cut but not yielded (a
     resumed job); ``segment_ids`` receives every segment's id. A recording that breaks part-way ends with an
     error row for the rest, with the reason."""
     if rec.get("subtitle_uri") and not has_subtitle(rec.get("subtitle")):
@@ -95,7 +96,7 @@ def decode_rows(rec: dict, media: MediaConfig, asr: AsrConfig | None = None, seg
     try:
         with storage.local_copy(rec["video_uri"]) as video:
             info = probe(video)
-            if not seg.segments(info.duration_s):
+            if not seg.segments(info.duration_s) or info.duration_s > media.max_duration_s:  # a clip, or too_long
                 yield _as_clip(decode_row({**rec, "video_uri": video}, media, asr), rec["video_uri"])
                 return
             with _audio_copy(rec.get("audio_uri")) as audio:

@@ -11,20 +11,23 @@ hidden size kills the engine, a wrong dtype is cast silently), so shapes are che
 cast here; and penalties together with prompt embeddings can crash the engine (vLLM
 issue 57719) while a model's ``generation_config`` would bring its own, so the engine
 ignores the model's defaults (``generation_config="vllm"``) and sets neutral penalties.
-vLLM spawns its engine core: scripts that build one need a ``__main__`` guard.
+vLLM spawns its engine core: scripts that build one need a ``__main__`` guard. ``stream_embeds`` streams one
+prompt's tokens from the same engine (delta outputs), so the endpoint streams with either engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from ray_emer.infer.engine import EngineError, GenerationConfig, Generation, check_embeds, trim
+from ray_emer.infer.engine import EngineError, GenerationConfig, Generation, TextDeltas, check_embeds, trim
 
 
 @dataclasses.dataclass
@@ -59,6 +62,8 @@ class VLLMEngine:
         self.dtype = getattr(torch, resolve_dtype(self.settings.dtype))
         self.llm = self._start()
         self.tokenizer = self.llm.get_tokenizer()
+        self._lock = threading.Lock()  # one caller steps the engine at a time (a stream, or a batch)
+        self._streams = itertools.count()
 
     def _start(self):
         # vLLM logs to stdout by default; a job's stdout carries its JSON summary, so vLLM logs go to stderr
@@ -94,8 +99,9 @@ class VLLMEngine:
             raise EngineError(f"prompt(s) {too_long[:5]} plus the answer exceed max_model_len="
                               f"{self.settings.max_model_len}")
         try:
-            outs = self.llm.generate([{"prompt_embeds": e} for e in embeds], self.sampling_params(max_new_tokens),
-                                     use_tqdm=False)
+            with self._lock:
+                outs = self.llm.generate([{"prompt_embeds": e} for e in embeds],
+                                         self.sampling_params(max_new_tokens), use_tqdm=False)
         except Exception as exc:  # noqa: BLE001 - a dead engine stays dead: start a fresh one for what follows
             if type(exc).__name__ == "EngineDeadError":
                 self.llm = self._start()
@@ -107,10 +113,51 @@ class VLLMEngine:
             result.append(Generation(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), kept))
         return result
 
+    def stream_embeds(self, embed: torch.Tensor, max_new_tokens: int | None = None) -> Iterator[str]:
+        """One prompt's embeddings ``[L, H]`` -> text deltas as vLLM generates them (joined: ``generate_embeds``'s
+        text). The request goes to this same engine with delta outputs (``RequestOutputKind.DELTA``) and the engine
+        is stepped here, holding the lock, as ``LLM.generate`` steps it: no second engine, no second copy of the
+        weights or the KV cache. A consumer that stops early aborts the request."""
+        from vllm.sampling_params import RequestOutputKind
+
+        (e,) = [x.detach().cpu() for x in check_embeds([embed], self.hidden_size, self.dtype)]
+        n = max_new_tokens or self.cfg.max_new_tokens
+        if e.shape[0] + n > self.settings.max_model_len:
+            raise EngineError(f"the prompt plus the answer exceed max_model_len={self.settings.max_model_len}")
+        params = self.sampling_params(n)
+        params.output_kind = RequestOutputKind.DELTA
+        deltas = TextDeltas(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), self._stop_ids())
+        engine, rid, finished = self.llm.llm_engine, f"ray_emer-stream-{next(self._streams)}", False
+        with self._lock:
+            try:
+                engine.add_request(rid, self.llm._preprocess_cmpl_one({"prompt_embeds": e}), params)
+                while not finished and engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.request_id != rid:
+                            continue
+                        if delta := deltas.add(out.outputs[0].token_ids):
+                            yield delta
+                        finished = out.finished
+            except GeneratorExit:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as generate_embeds: a dead engine is started again
+                if type(exc).__name__ == "EngineDeadError":
+                    self.llm = self._start()
+                raise EngineError(f"vLLM failed on a stream: {type(exc).__name__}: {exc}") from exc
+            finally:
+                if not finished:
+                    try:
+                        engine.abort_request([rid])
+                    except Exception:  # noqa: BLE001 - an engine that died has nothing to abort
+                        pass
+        if rest := deltas.finish():
+            yield rest
+
     def generate(self, prompts: list[str]) -> list[str]:
         texts = prompts
         if self.cfg.use_chat_template and getattr(self.tokenizer, "chat_template", None):
             texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                         add_generation_prompt=True) for p in prompts]
-        outs = self.llm.generate(texts, self.sampling_params(), use_tqdm=False)
+        with self._lock:
+            outs = self.llm.generate(texts, self.sampling_params(), use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outs]

@@ -260,7 +260,7 @@ def test_s3_folder_manifest(s3_bucket, synth_archive):
     storage.write_text(s3_bucket + "/arch/x.txt", "words")
     rows = read_manifest(s3_bucket + "/arch").to_pylist()
     assert rows == [{"clip_id": "x", "video_uri": s3_bucket + "/arch/x.mp4", "audio_uri": None,
-                     "subtitle": "words", "description": None, "labels": None, "split": None}]
+                     "subtitle": "words", "description": None, "labels": None, "split": None, "subtitle_uri": None}]
 
 
 @pytest.mark.integration

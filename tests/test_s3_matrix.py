@@ -261,9 +261,10 @@ CHECKPOINT_FILES = {"config.json", "head.safetensors", "adapter/adapter_config.j
                     "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json"}
 
 
-def _train_twice(m: Matrix, command: str, args: list[str], output: str, run_name: str) -> None:
+def _train_twice(m: Matrix, command: str, args: list[str], output: str, run_name: str,
+                 runs: tuple[str, ...] = ("first", "rerun")) -> None:
     seen = None
-    for run in ("first", "rerun"):
+    for run in runs:
         with m.step(command, run) as step:
             out = step.run("train", *args, "--output", output, *TRAIN)
             assert out["steps"] == 2 and out["output"] == output and out["engine"] == "ray", out
@@ -287,7 +288,7 @@ def test_train_stage1_then_stage2_from_s3_init(matrix):
                  f"{B}/stage1", "stage1_coarse")
     _train_twice(matrix, "train stage 2 --init s3:// (stage2_fine.yaml)",
                  ["--config", str(repo / "jobs/configs/stage2_fine.yaml"), "--features", matrix.state["feats"],
-                  "--init", f"{B}/stage1"], f"{B}/stage2", "stage2_fine")
+                  "--init", f"{B}/stage1"], f"{B}/stage2", "stage2_fine", runs=("first",))  # a rerun: stage 1's
     matrix.state["checkpoint"] = f"{B}/stage2"
 
 
@@ -324,22 +325,14 @@ def test_label_from_feature_shards(matrix):
 
 
 @pytest.mark.timeout(360)
-def test_label_from_a_manifest(matrix):
-    """An archive: extracted into OUTPUT/_features first (its rows checked too), then labelled."""
-    need(matrix, "checkpoint")
-    out = f"{B}/labels_manifest"
-    first, again = _label_twice(matrix, "label --input manifest.csv", f"{B}/arch/manifest.csv", out)
-    assert first["extract"]["ok"] == CLIPS and again["extract"]["ok"] == 0, (first["extract"], again["extract"])
-    check_rows(f"{out}/_features", matrix.state["arch"])
-
-
-@pytest.mark.timeout(360)
-def test_label_evaluate(matrix):
-    """--evaluate on an archive (its manifest): scored against the gold the extracted rows carry."""
+def test_label_evaluate_from_a_manifest(matrix):
+    """An archive (its manifest) with --evaluate: extracted into OUTPUT/_features first (its rows checked too),
+    labelled, and scored against the gold the extracted rows carry."""
     need(matrix, "checkpoint")
     out = f"{B}/labels_evaluate"
     first, again = _label_twice(matrix, "label --input manifest.csv --evaluate", f"{B}/arch/manifest.csv", out,
                                 ["--evaluate"])
+    assert first["extract"]["ok"] == CLIPS and again["extract"]["ok"] == 0, (first["extract"], again["extract"])
     for summary in (first, again):
         assert summary["scores"]["n_gold"] == CLIPS and summary["scores"]["text"]["n"] == CLIPS, summary["scores"]
     check_rows(f"{out}/_features", matrix.state["arch"])

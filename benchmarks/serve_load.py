@@ -127,21 +127,14 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    import torch
     from ray import serve
 
+    from ray_emer.model.checkpoint import random_checkpoint
     from ray_emer.serve.app import build_app_with
     from ray_emer.synthetic import SynthConfig, write_archive
 
     work = Path(tempfile.mkdtemp(prefix="ray_emer_serve_load_"))
-    ckpt = args.checkpoint
-    if not ckpt:
-        from ray_emer.model.affectgpt import AffectGPT
-        from ray_emer.model.checkpoint import save_checkpoint
-        from ray_emer.model.config import get_preset
-
-        torch.manual_seed(0)
-        ckpt = save_checkpoint(AffectGPT.build(get_preset("tiny")), str(work / "ckpt"))
+    ckpt = args.checkpoint or random_checkpoint(str(work / "ckpt"))
     manifest = write_archive(str(work / "clips"), SynthConfig(clips=8, seed=3))
     clips = [p.read_bytes() for p in sorted((Path(manifest).parent / "clips").glob("*.mp4"))]
     cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]

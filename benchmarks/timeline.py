@@ -112,24 +112,17 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    import torch
 
     from ray_emer.data.label_job import LabelJobConfig, run_label
     from ray_emer.features.encoder import effective_media
     from ray_emer.infer.labeller import LabellerConfig
+    from ray_emer.model.checkpoint import random_checkpoint
     from ray_emer.synthetic import SynthConfig
     from ray_emer.synthetic_recording import write_recording
     from ray_emer.tracking import TrackingConfig
 
     work = Path(tempfile.mkdtemp(prefix="ray_emer_timeline_"))
-    ckpt = args.checkpoint
-    if not ckpt:
-        from ray_emer.model.affectgpt import AffectGPT
-        from ray_emer.model.checkpoint import save_checkpoint
-        from ray_emer.model.config import get_preset
-
-        torch.manual_seed(0)
-        ckpt = save_checkpoint(AffectGPT.build(get_preset("tiny")), str(work / "ckpt"))
+    ckpt = args.checkpoint or random_checkpoint(str(work / "ckpt"))
     size = effective_media(ckpt, LabelJobConfig().extract.media).frame_size
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     results = []

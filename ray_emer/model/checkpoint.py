@@ -155,3 +155,12 @@ def checkpoint_id(uri: str) -> str:
         if storage.exists(target):
             digest.update(rel.encode() + storage.read_bytes(target))
     return f"{storage.basename(uri)}@{digest.hexdigest()[:12]}"
+
+
+def random_checkpoint(uri: str, preset: str = "tiny", seed: int = 0) -> str:
+    """A checkpoint of ``preset`` with random weights (seeded): what benchmarks and tests run when no trained one
+    is given. Returns its URI."""
+    from ray_emer.model.config import get_preset
+
+    torch.manual_seed(seed)
+    return save_checkpoint(AffectGPT.build(get_preset(preset)), uri)

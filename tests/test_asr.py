@@ -288,3 +288,33 @@ def test_ray_extraction_with_offline_asr_in_the_decode_tasks(ray_local, tmp_path
     # the same clip transcribed in this process gives the same text as in the decode task
     wave, _ = load_audio(str(tmp_path / "speech0.mp4"))
     assert build_transcriber(AsrConfig(enabled=True)).transcribe(wave) == got["speech0"][0]
+
+
+@pytest.mark.integration  # espeak-ng runs as a subprocess
+@needs_espeak
+def test_a_recording_of_speech_is_cut_in_its_pauses_and_each_segment_transcribed(tmp_path):
+    """Real (synthesised) speech, one still shot: the cuts come from Silero VAD alone and fall in the silences
+    between sentences; each segment's words come from speech recognition on that segment."""
+    from ray_emer.features.decode import decode_rows
+    from ray_emer.media.segments import SegmentConfig
+
+    gap = np.zeros(int(1.2 * SR), np.float32)
+    parts, silences, t = [], [], 0.0
+    for i, sentence in enumerate(SENTENCES[:5]):
+        wave = espeak(sentence, tmp_path / f"s{i}.wav")
+        voiced = np.flatnonzero(np.abs(wave) > 0.02)
+        if silences:  # the silence runs from the last voiced sample to the next one (espeak pads its own)
+            silences[-1] = (silences[-1][0], t + voiced[0] / SR)
+        silences.append((t + voiced[-1] / SR, None))
+        parts += [wave, gap]
+        t += (len(wave) + len(gap)) / SR
+    audio = np.concatenate(parts)
+    assert len(audio) / SR > 12  # longer than segment.max_s: a recording
+    frames = [np.full((32, 32, 3), 90, np.uint8)] * int(len(audio) / SR * 4)
+    (tmp_path / "talk.mp4").write_bytes(encode_clip(frames, audio, 4))
+    rows = list(decode_rows({"clip_id": "talk", "video_uri": str(tmp_path / "talk.mp4"), "subtitle": None},
+                            MediaConfig(frame_size=32), AsrConfig(enabled=True), SegmentConfig()))
+    cuts = [r["record"]["start_s"] for r in rows[1:]]
+    assert len(rows) >= 3 and all(r["status"] == "ok" for r in rows), [(r["record"]["clip_id"], r["error"]) for r in rows]
+    assert all(any(a <= c <= b for a, b in silences[:-1]) for c in cuts), (cuts, silences)
+    assert all(r["subtitle_source"] == "asr" and r["record"]["subtitle"] for r in rows)

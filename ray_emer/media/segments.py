@@ -7,9 +7,9 @@ so nothing but the open segment is held:
 - ``Cutter``: boundary candidates in time order (a pause in speech, a shot cut) -> cuts. A candidate at least
   ``min_s`` after the last cut becomes a cut; with none for ``max_s``, the segment is cut at ``max_s``. A last
   segment shorter than ``min_s`` joins the one before (split in two halves when together they pass ``max_s``).
-- ``PauseFinder``: 16 kHz audio in any chunk sizes -> the times speech stops (Silero VAD's streaming iterator;
-  the model ships in the ``silero-vad`` wheel). A boundary goes just after the end of speech, where the pause
-  starts: the end of a sentence, a speaker handing over.
+- ``PauseFinder``: 16 kHz audio in any chunk sizes -> boundaries where speech stops (Silero VAD's streaming
+  iterator; the model ships in the ``silero-vad`` wheel): half of ``pause_s`` after the end of speech, inside the
+  pause it waited for (the end of a sentence, a speaker handing over).
 - ``ShotFinder``: small frames -> the times of shot cuts (PySceneDetect's ``ContentDetector``, fed the frames
   this decode pass already has: no second pass over the file, as its own video backends would make).
 """
@@ -109,7 +109,7 @@ class PauseFinder:
         self.vad = VADIterator(load_silero_vad(), threshold=cfg.speech_threshold, sampling_rate=VAD_RATE,
                                min_silence_duration_ms=int(cfg.pause_s * 1000), speech_pad_ms=30)
         self._rest = np.zeros(0, np.float32)
-        self.in_speech = False
+        self.in_speech, self.pause_s = False, cfg.pause_s
 
     def feed(self, wave: np.ndarray) -> list[float]:
         """More audio (float32, any length) -> the ends of speech found in it (seconds from the start)."""
@@ -122,9 +122,9 @@ class PauseFinder:
                                  time_resolution=3)
                 if event and "start" in event:
                     self.in_speech = True
-                elif event and "end" in event:
+                elif event and "end" in event:  # the pause has lasted pause_s by now: cut inside it
                     self.in_speech = False
-                    ends.append(float(event["end"]))
+                    ends.append(float(event["end"]) + self.pause_s / 2)
         self._rest = data[full:].copy()
         return ends
 

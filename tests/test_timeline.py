@@ -197,3 +197,18 @@ def test_the_endpoint_answers_each_segment_once_labelled_in_time_order_while_cut
     got = asyncio.run(main())
     assert [e["start_s"] for e in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [e["description"] for e in got] == ["d0", "d1", "d2", "", "d4"] and got[3]["error"] == "damaged: x"
+
+
+def test_the_segment_flag_reaches_the_jobs(monkeypatch):
+    from ray_emer import cli
+    from ray_emer.data import label_job, pipeline
+
+    seen = {}
+    monkeypatch.setattr(label_job, "run_label", lambda cfg, log=None: seen.setdefault("label", cfg) and {})
+    monkeypatch.setattr(pipeline, "run_extract", lambda cfg, log=None: seen.setdefault("extract", cfg) and {})
+    assert cli.main(["label", "--input", "a", "--checkpoint", "c", "--output", "o", "--segment", "off"]) == 0
+    assert cli.main(["extract", "--input", "a", "--output", "o"]) == 0
+    assert seen["label"].extract.segment.mode == "off" and seen["extract"].segment.mode == "auto"
+    assert seen["extract"].segment.max_s == 12.0 and seen["extract"].media.max_duration_s == 14400.0
+    with pytest.raises(SystemExit):
+        cli.main(["label", "--input", "a", "--checkpoint", "c", "--output", "o", "--segment", "sometimes"])

@@ -56,16 +56,17 @@ def text_between(cues: list[Cue], start_s: float, end_s: float) -> str | None:
     return " ".join(words) or None
 
 
-def _stamp(t: float) -> str:
+def stamp(t: float, sep: str = ".") -> str:
+    """``HH:MM:SS.mmm`` (WebVTT; ``sep=","``: SubRip) of ``t`` seconds."""
     ms = int(round(max(0.0, t) * 1000))
-    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
 def to_webvtt(cues: list[Cue]) -> str:
     """Cues -> the text of a WebVTT file (what a video player shows as captions)."""
     import webvtt
 
-    doc = webvtt.WebVTT(captions=[webvtt.Caption(_stamp(c.start_s), _stamp(c.end_s), c.text.split("\n"))
+    doc = webvtt.WebVTT(captions=[webvtt.Caption(stamp(c.start_s), stamp(c.end_s), c.text.split("\n"))
                                   for c in cues])
     buf = io.StringIO()
     doc.write(buf)

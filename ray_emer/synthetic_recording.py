@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from ray_emer import storage
+from ray_emer.subtitles import stamp
 from ray_emer.synthetic import SynthConfig, make_spec, render_audio, render_frame
 
 SR = 16000
@@ -28,11 +29,6 @@ class Span:
     emotion: str
     labels: list[str]
     subtitle: str
-
-
-def _srt_time(t: float) -> str:
-    ms = int(round(t * 1000))
-    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def write_recording(path: str, cfg: SynthConfig, seconds: float, pause_s: float = 0.6,
@@ -87,7 +83,7 @@ def write_recording(path: str, cfg: SynthConfig, seconds: float, pause_s: float 
               "spans": [dataclasses.asdict(s) for s in spans], "srt": ""}
     if subtitles:
         speech = [(s.start_s + (pause_s if k else 0.0), s.end_s, s.subtitle) for k, s in enumerate(spans)]
-        text = "\n".join(f"{k + 1}\n{_srt_time(a)} --> {_srt_time(b)}\n{line}\n" for k, (a, b, line) in enumerate(speech))
+        text = "\n".join(f"{k + 1}\n{stamp(a, ',')} --> {stamp(b, ',')}\n{line}\n" for k, (a, b, line) in enumerate(speech))
         result["srt"] = path.rsplit(".", 1)[0] + ".srt"
         storage.write_text(result["srt"], text)
     return result

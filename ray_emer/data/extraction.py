@@ -93,10 +93,7 @@ def pending(cfg: ExtractConfig) -> tuple[pa.Table, int, int]:
     others)."""
     manifest = read_manifest(cfg.input)
     done = done_clip_ids(cfg.output)
-    if not done:
-        return manifest.append_column(SKIP, pa.array([[]] * manifest.num_rows, pa.list_(pa.string()))), \
-            manifest.num_rows, 0
-    markers = read_markers(cfg.output)
+    markers = read_markers(cfg.output) if done else {}
     parts: dict[str, list[str]] = {}
     for clip in done:
         if "@" in clip:

@@ -138,8 +138,6 @@ class VLLMEngine:
                         if delta := deltas.add(out.outputs[0].token_ids):
                             yield delta
                         finished = out.finished
-            except GeneratorExit:
-                raise
             except Exception as exc:  # noqa: BLE001 - as generate_embeds: a dead engine is started again
                 if type(exc).__name__ == "EngineDeadError":
                     self.llm = self._start()

@@ -139,7 +139,6 @@ class ShotFinder:
 
         self.fps = float(fps) if fps > 0 else 25.0
         self.detector = ContentDetector(threshold=cfg.shot_threshold, min_scene_len=1)
-        self._index = 0
 
     def feed(self, t: float, frame: np.ndarray) -> list[float]:
         """One RGB frame (any size; ``SIZE`` square is what it needs) at ``t`` seconds -> cut times found."""
@@ -150,5 +149,4 @@ class ShotFinder:
             frame = cv2.resize(frame, (self.SIZE, self.SIZE), interpolation=cv2.INTER_AREA)
         cuts = self.detector.process_frame(FrameTimecode(float(t), fps=self.fps),
                                            np.ascontiguousarray(frame[..., ::-1]))  # it reads BGR, as OpenCV
-        self._index += 1
         return [float(c.seconds) for c in cuts]

@@ -159,23 +159,28 @@ class Ingress:
             raise http.HTTPError(429, "too many requests in flight; retry shortly", {"Retry-After": "1"})
         self.inflight += 1
 
-    async def _stream(self, clip: http.ClipRequest):
-        """A streamed chat answer. Before its first byte, the refusals are HTTP answers as without a stream (429,
-        400, 504 when no text came within the timeout, 500); after it, a failure (the timeout for the whole
-        answer included) is an SSE error event that ends the stream."""
+    def _admitted_stream(self, held: list):
+        """Admit a streamed answer; -> its release, run once (at the end of the answer, or when the client left),
+        which frees the in-flight slot and cancels the model's event streams in ``held``."""
         self._admit()
-        t0, deadline = time.perf_counter(), time.perf_counter() + self.args.request_timeout_s
-        held: list = []  # the model's event stream, once opened: cancelled when the answer ends
-        released = False
+        released = []
 
         def release() -> None:
-            nonlocal released
             if not released:
-                released = True
+                released.append(True)
                 self.inflight -= 1
                 for events in held:
                     events.cancel()
 
+        return release
+
+    async def _stream(self, clip: http.ClipRequest):
+        """A streamed chat answer. Before its first byte, the refusals are HTTP answers as without a stream (429,
+        400, 504 when no text came within the timeout, 500); after it, a failure (the timeout for the whole
+        answer included) is an SSE error event that ends the stream."""
+        held: list = []  # the model's event stream, once opened: cancelled when the answer ends
+        release = self._admitted_stream(held)
+        t0, deadline = time.perf_counter(), time.perf_counter() + self.args.request_timeout_s
         try:
             try:
                 first = await asyncio.wait_for(self._first_event(clip, held), timeout=self.args.request_timeout_s)
@@ -261,13 +266,7 @@ class Ingress:
 
     def _events_response(self, clip: http.ClipRequest):
         """``/v1/analyze?stream=1``: SSE ``{"segment"}`` ..., ``{"result"}`` (or ``{"error"}``), ``[DONE]``."""
-        self._admit()
-        released = []
-
-        def release() -> None:  # once: at the end of the answer, or when the client left
-            if not released and not released.append(True):
-                self.inflight -= 1
-        return http.event_stream(self._segment_events(clip, chat=False), release)
+        return http.event_stream(self._segment_events(clip, chat=False), self._admitted_stream([]))
 
     async def _on_a_live_replica(self, decoded: dict) -> dict:
         """The Model's answer; a replica lost with the request on it (``RayActorError``: its actor or node died) is

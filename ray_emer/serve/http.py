@@ -242,14 +242,12 @@ async def sse(rid: str, created: int, model: str, events: AsyncIterator[dict]) -
     yield "data: [DONE]\n\n"
 
 
-def stream_response(model: str, events: AsyncIterator[dict], on_close) -> StreamingResponse:
-    """``sse`` of ``events`` as the answer; ``on_close()`` (run once only) runs when its last event is out, before
+def _sse_answer(pieces: AsyncIterator[str], on_close) -> StreamingResponse:
+    """Server-sent ``pieces`` as the answer; ``on_close()`` (run once only) runs when the last piece is out, before
     the answer ends, or when the client left (also before the stream began: the background task)."""
-    rid, created = chat_id()
-
     async def body():
         try:
-            async for piece in sse(rid, created, model, events):
+            async for piece in pieces:
                 yield piece
         finally:
             on_close()
@@ -257,15 +255,19 @@ def stream_response(model: str, events: AsyncIterator[dict], on_close) -> Stream
     return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(on_close))
 
 
+def stream_response(model: str, events: AsyncIterator[dict], on_close) -> StreamingResponse:
+    """A streamed chat answer: ``sse`` of ``events``; ``on_close`` as in ``_sse_answer``."""
+    rid, created = chat_id()
+    return _sse_answer(sse(rid, created, model, events), on_close)
+
+
+async def _plain_events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    async for event in events:
+        yield f"data: {json.dumps(event)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def event_stream(events: AsyncIterator[dict], on_close) -> StreamingResponse:
     """``/v1/analyze?stream=1``: each event (``{"segment"}``, ``{"result"}``, ``{"error"}``) as a server-sent event,
-    then ``[DONE]``; ``on_close()`` as in ``stream_response``."""
-    async def body():
-        try:
-            async for event in events:
-                yield f"data: {json.dumps(event)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            on_close()
-
-    return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(on_close))
+    then ``[DONE]``; ``on_close`` as in ``_sse_answer``."""
+    return _sse_answer(_plain_events(events), on_close)

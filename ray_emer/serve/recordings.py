@@ -14,20 +14,20 @@ import base64
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ray_emer.timeline import cue_text, summarize
+from ray_emer.timeline import cue_text, segment_entry, summarize
 
 
 def _entry(row: dict, result: dict | None, error: str = "", frame: bool = False) -> dict:
+    """A decoded segment and its analysis (None: not labelled, ``error`` says why) -> its timeline segment."""
     rec = row["record"]
-    entry = {"start_s": round(float(rec["start_s"]), 3), "end_s": round(float(rec["end_s"]), 3),
-             "description": "", "labels": [], "sentiment": "", "subtitle": rec.get("subtitle")}
+    if result is not None and result.get("status", "ok") == "ok":
+        entry = segment_entry({**rec, **result, "status": "ok"})
+    else:
+        why = error or (result or {}).get("error") or row.get("error") or "not labelled"
+        entry = segment_entry({**rec, "description": "", "labels": [], "sentiment": "", "status": "error",
+                               "error": why})
     if frame and rec.get("thumbnail"):  # ?frames=1: the segment's middle frame (the demo page's timeline)
         entry["frame"] = "data:image/jpeg;base64," + base64.b64encode(rec["thumbnail"]).decode()
-    if result is not None and result.get("status", "ok") == "ok":
-        entry.update(description=result["description"], labels=list(result["labels"]),
-                     sentiment=result["sentiment"])
-    else:
-        entry["error"] = error or (result or {}).get("error") or row.get("error") or "not labelled"
     return entry
 
 
